@@ -1,0 +1,39 @@
+# Two commands work on a fresh machine: `make demo` and `make test`. Both set up .venv first.
+#
+# pip runs with PIP_CONFIG_FILE=/dev/null and no find-links: this machine's pip config prefers a
+# local CPU-only torch wheel that the registry's torchvision cannot import against, while the
+# registry's own torch 2.13.0 works with torchvision 0.28.0 (CPU included).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(PY) -m pip
+
+.PHONY: setup test demo lint bench clean
+
+setup: $(STAMP)
+
+# Rebuilt only when the lock or the project metadata changes: idempotent and pinned.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -r requirements.lock
+	$(PIP) install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -c "import torch, torchvision, ray, pstyle; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ray', ray.__version__)"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(VENV)/bin/pstyle demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(VENV)/bin/pstyle bench generator
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

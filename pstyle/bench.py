@@ -1,0 +1,105 @@
+"""Benchmarks: speed targets live here (JSON + a short table), never in timed unit tests."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from pstyle.config import ModelConfig
+from pstyle.models import Generator
+
+
+def machine_description(device: torch.device) -> dict[str, str | int]:
+    """What the figures were measured on: they mean nothing without it."""
+    desc: dict[str, str | int] = {
+        "device": device.type,
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        desc["gpu"] = torch.cuda.get_device_name(device)
+    return desc
+
+
+def time_call(
+    fn: Callable[[], object], device: torch.device, warmup: int = 2, min_time: float = 1.0
+) -> float:
+    """Median seconds per call, after warm-up; CUDA is synchronised around every call."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_time or len(times) < 3:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+@torch.no_grad()
+def bench_generator(
+    device: torch.device,
+    sizes: tuple[int, ...] = (128, 256),
+    batches: tuple[int, ...] = (1, 16),
+    cfg: ModelConfig | None = None,
+    min_time: float = 1.0,
+) -> dict:
+    """Generator inference throughput. On CUDA: bf16 autocast and channels_last, as served."""
+    cfg = cfg or ModelConfig()
+    gen = Generator(cfg).to(device).eval()
+    cuda = device.type == "cuda"
+    if cuda:
+        gen = gen.to(memory_format=torch.channels_last)
+    rows = []
+    for size in sizes:
+        for batch in batches:
+            content = torch.rand(batch, 3, size, size, device=device)
+            if cuda:
+                content = content.contiguous(memory_format=torch.channels_last)
+            code = torch.randn(batch, cfg.style_dim, device=device)
+            noise = gen.make_noise(content, seed=0)
+
+            def run(
+                content: torch.Tensor = content, code: torch.Tensor = code, noise: torch.Tensor = noise
+            ) -> None:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                    gen(content, code, noise)
+
+            seconds = time_call(run, device, min_time=min_time)
+            rows.append({
+                "size": size,
+                "batch": batch,
+                "dtype": "bf16" if cuda else "fp32",
+                "ms_per_batch": seconds * 1e3,
+                "ms_per_image": seconds * 1e3 / batch,
+                "images_per_s": batch / seconds,
+            })  # fmt: skip
+    params = sum(p.numel() for p in gen.parameters())
+    return {"benchmark": "generator", "machine": machine_description(device), "params": params, "rows": rows}
+
+
+def generator_table(result: dict) -> str:
+    lines = [f"{'size':>5} {'batch':>5} {'dtype':>5} {'ms/img':>9} {'img/s':>9}"]
+    for r in result["rows"]:
+        ms, ips = r["ms_per_image"], r["images_per_s"]
+        lines.append(f"{r['size']:>5} {r['batch']:>5} {r['dtype']:>5} {ms:>9.2f} {ips:>9.1f}")
+    return "\n".join(lines)
+
+
+def write_result(result: dict, table: str, out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{result['benchmark']}-{result['machine']['device']}.json"
+    path.write_text(json.dumps(result, indent=2))
+    (out_dir / f"{result['benchmark']}-{result['machine']['device']}.txt").write_text(table + "\n")
+    return path

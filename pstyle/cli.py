@@ -1,0 +1,199 @@
+"""The `pstyle` command line. Thin: parses arguments, calls the library, reports in one line on error."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import torch
+import yaml
+
+from pstyle.config import PStyleConfig
+
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError)  # ImageError and CheckpointError are ValueErrors
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def load_config(path: Path | None, overrides: tuple[str, ...]) -> PStyleConfig:
+    """Defaults, then a YAML/JSON file, then `--set section.key=value` overrides (YAML-typed)."""
+    config = PStyleConfig.load(path) if path else PStyleConfig()
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects section.key=value, got {item!r}")
+        parsed[key] = yaml.safe_load(value)
+    return config.with_overrides(parsed)
+
+
+config_options = [
+    click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+    click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="e.g. --set train.steps=100"),
+]
+
+
+def with_config(fn):
+    for option in reversed(config_options):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+def cli() -> None:
+    """pstyle: personalized image style transfer."""
+
+
+@cli.group()
+def data() -> None:
+    """Datasets."""
+
+
+@data.command("synth")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n-content", default=64, show_default=True)
+@click.option("--n-users", default=24, show_default=True)
+@click.option("--images-per-user", default=6, show_default=True)
+@click.option("--size", default=128, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def data_synth(out: Path, n_content: int, n_users: int, images_per_user: int, size: int, seed: int) -> None:
+    """Write deterministic synthetic content scenes (with masks) and style users to OUT."""
+    from pstyle.data.synth import synthesize
+
+    synthesize(
+        out, n_content=n_content, n_users=n_users, images_per_user=images_per_user, size=size, seed=seed
+    )
+    click.echo(f"wrote {out}")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Configuration."""
+
+
+@config_group.command("show")
+@with_config
+def config_show(config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Print the effective configuration as YAML (defaults + file + overrides)."""
+    click.echo(yaml.safe_dump(load_config(config_path, overrides).to_dict(), sort_keys=False), nl=False)
+
+
+@cli.command("train-base")
+@click.option(
+    "--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--device", default="auto", show_default=True)
+@with_config
+def train_base_cmd(
+    data_dir: Path, out_dir: Path, device: str, config_path: Path | None, overrides: tuple[str, ...]
+) -> None:
+    """Train the base model (resumes from OUT's last checkpoint)."""
+    from pstyle.train import train_base
+
+    train_base(load_config(config_path, overrides), data_dir, out_dir, str(resolve_device(device)))
+    click.echo(f"checkpoint in {out_dir}")
+
+
+@cli.command()
+@click.argument("content", type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--style", "style_paths", required=True, multiple=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--mask", default=None, help="'subject', 'background', or a mask image (white = stylize)")
+@click.option("--size", default=None, type=int, help="resize the content's shorter side (multiple of 4)")
+@click.option("--device", default="auto", show_default=True)
+def stylize(
+    content: Path,
+    model_dir: Path,
+    style_paths: tuple[Path, ...],
+    output: Path,
+    strength: float,
+    seed: int,
+    mask: str | None,
+    size: int | None,
+    device: str,
+) -> None:
+    """Render CONTENT in the style of the --style images."""
+    from pstyle.inference import stylize_file
+
+    stylize_file(
+        content, model_dir, list(style_paths), output, strength, seed, mask, size, resolve_device(device)
+    )
+    click.echo(f"wrote {output}")
+
+
+@cli.command("eval")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--users", default=8, show_default=True)
+@click.option("--content", "n_content", default=8, show_default=True)
+def eval_cmd(model_dir: Path, data_dir: Path, out_path: Path | None, users: int, n_content: int) -> None:
+    """Score the model against the identity and Reinhard baselines (table + JSON)."""
+    from pstyle.checkpoint import load_checkpoint
+    from pstyle.evaluate import evaluate_model, format_table, write_report
+
+    model, meta = load_checkpoint(model_dir)
+    size = meta["config"]["train"]["image_size"]
+    report = evaluate_model(model, data_dir, size, n_users=users, n_content=n_content)
+    click.echo(format_table(report))
+    write_report(report, out_path or Path(model_dir) / "eval.json")
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks (JSON + table)."""
+
+
+@bench.command("generator")
+@click.option(
+    "--out", "out_dir", default=Path("runs/bench"), show_default=True, type=click.Path(path_type=Path)
+)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--min-time", default=1.0, show_default=True, help="seconds of timing per configuration")
+@click.option("--sizes", default="128,256", show_default=True)
+@click.option("--batches", default="1,16", show_default=True)
+def bench_generator_cmd(out_dir: Path, device: str, min_time: float, sizes: str, batches: str) -> None:
+    """Generator images/s and ms/img (default: 128 and 256 px, batch 1 and 16)."""
+    from pstyle.bench import bench_generator, generator_table, write_result
+
+    result = bench_generator(
+        resolve_device(device), sizes=_int_list(sizes), batches=_int_list(batches), min_time=min_time
+    )
+    table = generator_table(result)
+    click.echo(table)
+    click.echo(f"wrote {write_result(result, table, out_dir)}")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def main() -> None:
+    """Entry point: known user errors become one line on stderr and exit code 1, not a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except USER_ERRORS as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        click.echo(f"error: {message}", err=True)
+        sys.exit(1)

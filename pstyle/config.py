@@ -1,0 +1,150 @@
+"""Typed configuration: one source of truth shared by the CLI, Ray jobs and Serve.
+
+Every hyperparameter is declared once, here, with the reason it has its default. Configs
+round-trip through JSON/YAML so checkpoints can carry exactly what rebuilds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the generator, style encoder, discriminator and segmenter."""
+
+    channels: int = 32  # generator width at full resolution; doubled at each of the 2 downsamplings
+    res_blocks: int = 4  # style-modulated residual blocks at 1/4 resolution
+    style_dim: int = 64  # size of the style code produced by the encoder
+    noise_dim: int = 16  # size of the noise vector mixed with the style code (diverse outputs)
+    encoder_channels: int = 32  # style encoder width
+    disc_channels: int = 32  # discriminator width
+    disc_layers: int = 3  # PatchGAN depth: receptive field grows with it
+    segmenter_channels: int = 16  # small U-Net for subject masks
+    mask_feather: int = 7  # box-blur size (px) that feathers region masks; odd
+
+    def __post_init__(self) -> None:
+        if self.mask_feather % 2 != 1:
+            raise ValueError(f"mask_feather must be odd, got {self.mask_feather}")
+
+
+@dataclass
+class FeatureConfig:
+    """Which network provides features for the content and style losses.
+
+    With `vgg19_weights` (a path or s3:// URI to a torchvision VGG19 state dict) losses use VGG;
+    without it a fixed, seeded random conv net stands in (random features still capture texture
+    statistics, Ustyuzhaninov et al.), so everything works with no download.
+    """
+
+    vgg19_weights: str | None = None
+    random_seed: int = 0  # seed of the random feature net: part of what a checkpoint records
+    random_channels: int = 64
+
+
+@dataclass
+class LossConfig:
+    """Loss weights. Defaults follow SNGAN/StyleGAN2-ADA practice, scaled for small images."""
+
+    adversarial: float = 1.0
+    content: float = 1.0  # feature-space distance to the content image
+    style: float = 5.0  # Gram-matrix distance to the style images' features
+    code: float = 1.0  # re-encoding the output must give back the style code
+    diversity: float = 0.5  # mode seeking: different noise, different outputs
+    r1_gamma: float = 1.0  # StyleGAN2-ADA uses 1 at 256 px; scale with resolution
+    r1_every: int = 16  # lazy R1: penalise every k discriminator steps
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of the base model (one process; Ray Train later scales the same loop)."""
+
+    image_size: int = 64
+    batch_size: int = 8
+    style_images: int = 4  # K style images per sample that the encoder pools
+    steps: int = 2000
+    lr_g: float = 2e-4  # TTUR: the discriminator learns faster than the generator
+    lr_d: float = 4e-4
+    beta1: float = 0.0  # betas (0, 0.99) as in StyleGAN2-ADA
+    beta2: float = 0.99
+    seed: int = 0
+    checkpoint_every: int = 200
+    sample_every: int = 200
+    log_every: int = 10
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+
+
+@dataclass
+class PStyleConfig:
+    """Everything needed to build and train a base model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PStyleConfig:
+        return from_dict(cls, data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        text = yaml.safe_dump(self.to_dict()) if path.suffix in (".yaml", ".yml") else self.to_json()
+        path.write_text(text)
+
+    @classmethod
+    def load(cls, path: Path) -> PStyleConfig:
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+    def with_overrides(self, overrides: dict[str, Any]) -> PStyleConfig:
+        """Apply dotted overrides like {"train.steps": 10}; unknown keys are errors, not no-ops."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            if section not in data or key not in data[section]:
+                raise KeyError(f"unknown config key {dotted!r}")
+            data[section][key] = value
+        return from_dict(PStyleConfig, data)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build dataclass `cls` from plain data, recursing into nested dataclasses.
+
+    Unknown keys raise: a typo in a config file must not silently fall back to a default.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise KeyError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif _is_optional_str(hint) and value is not None:
+            value = str(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _is_optional_str(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) and set(hint.__args__) == {str, type(None)}

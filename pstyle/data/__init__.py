@@ -1,0 +1,1 @@
+"""Datasets: a procedural one that needs no downloads (`synth`) and image-folder loaders (`folders`)."""

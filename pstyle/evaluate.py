@@ -1,0 +1,102 @@
+"""Evaluation harness: the model and the learning-free baselines, scored the same way.
+
+For each user the style code comes from their training images and SWD is measured against
+their held-out images, so a model cannot score well by copying what it was shown.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pstyle.baselines import BASELINES
+from pstyle.data.folders import ContentFolder, StyleUsers
+from pstyle.metrics import code_consistency, diversity, ssim, swd
+from pstyle.model import StyleModel
+from pstyle.train import HOLDOUT_PER_USER
+
+Method = Callable[[Tensor, Tensor], Tensor]  # (content (B,3,H,W), style set (K,3,H,W)) -> outputs
+
+
+def model_method(model: StyleModel, seed: int = 0) -> Method:
+    return lambda content, styles: model.stylize(content, styles, seed=seed)
+
+
+def evaluate(
+    methods: dict[str, Method],
+    data_dir: Path,
+    image_size: int,
+    n_users: int = 8,
+    n_content: int = 8,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Mean SWD-to-held-out-style (x1e3, lower is better) and content SSIM (higher) per method."""
+    content = _content_batch(Path(data_dir), image_size, n_content)
+    users = StyleUsers(Path(data_dir) / "styles", image_size)
+    scores: dict[str, dict[str, list[float]]] = {name: {"swd": [], "ssim": []} for name in methods}
+    for uid in users.user_ids[:n_users]:
+        train, held = users.split(uid, holdout=HOLDOUT_PER_USER, seed=seed)
+        for name, method in methods.items():
+            out = method(content, train)
+            scores[name]["swd"].append(swd(out, held, seed=seed)["mean"])
+            scores[name]["ssim"].append(ssim(out, content).mean().item())
+    return {name: {k: sum(v) / len(v) for k, v in s.items()} for name, s in scores.items()}
+
+
+@torch.no_grad()
+def model_extras(
+    model: StyleModel, data_dir: Path, image_size: int, n_users: int = 8, n_content: int = 8, seeds: int = 3
+) -> dict[str, float]:
+    """What only a generative model has: diversity across noise seeds and style-code consistency."""
+    content = _content_batch(Path(data_dir), image_size, n_content)
+    users = StyleUsers(Path(data_dir) / "styles", image_size)
+    div, cons = [], []
+    for uid in users.user_ids[:n_users]:
+        train, _ = users.split(uid, holdout=HOLDOUT_PER_USER)
+        outs = torch.stack([model.stylize(content, train, seed=s) for s in range(seeds)])
+        div.append(diversity(outs))
+        target = model.encoder(train).expand(len(content), -1)
+        cons.append(code_consistency(model.encoder(outs[0].unsqueeze(1)), target))
+    return {"diversity": sum(div) / len(div), "code_consistency": sum(cons) / len(cons)}
+
+
+def evaluate_model(
+    model: StyleModel, data_dir: Path, image_size: int, n_users: int = 8, n_content: int = 8
+) -> dict:
+    """The full report: model vs baselines, plus the model-only metrics."""
+    model.eval()
+    methods: dict[str, Method] = {"model": model_method(model), **BASELINES}
+    return {
+        "image_size": image_size,
+        "n_users": n_users,
+        "n_content": n_content,
+        "methods": evaluate(methods, data_dir, image_size, n_users, n_content),
+        "model": model_extras(model, data_dir, image_size, n_users, n_content),
+    }
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{'method':<12}{'SWD x1e3 (lower)':>18}{'SSIM (higher)':>15}"]
+    for name, s in report["methods"].items():
+        lines.append(f"{name:<12}{s['swd']:>18.2f}{s['ssim']:>15.3f}")
+    extras = report.get("model", {})
+    if extras:
+        lines.append(
+            f"model diversity {extras['diversity']:.4f}, code consistency {extras['code_consistency']:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+
+
+def _content_batch(data_dir: Path, image_size: int, n: int) -> Tensor:
+    folder = ContentFolder(data_dir / "content", image_size)
+    return torch.stack([folder[i]["image"] for i in range(min(n, len(folder)))])

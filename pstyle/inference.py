@@ -1,0 +1,57 @@
+"""File-level stylization: load and validate inputs, pick the region, run the model, write the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pstyle.checkpoint import load_checkpoint
+from pstyle.data.folders import load_style_images
+from pstyle.images import load_image, load_mask, save_image
+from pstyle.model import StyleModel
+from pstyle.models.generator import DOWNSAMPLING
+
+REGIONS = ("subject", "background")
+
+
+def fit_to_stride(image: Tensor) -> Tensor:
+    """Crop (at most 3 px per side) so H and W are multiples of the generator's stride."""
+    h, w = image.shape[-2:]
+    return image[..., : h - h % DOWNSAMPLING, : w - w % DOWNSAMPLING]
+
+
+def region_mask(model: StyleModel, content: Tensor, mask: str | Path | None) -> Tensor | None:
+    """None (whole image), the segmenter's subject or its complement, or a user's mask image."""
+    if mask is None:
+        return None
+    if str(mask) in REGIONS:
+        subject = model.subject_mask(content)
+        return subject if str(mask) == "subject" else 1 - subject
+    user_mask = load_mask(Path(mask)).unsqueeze(0).to(content)
+    return torch.nn.functional.interpolate(user_mask, size=content.shape[-2:], mode="nearest")
+
+
+def stylize_file(
+    content_path: Path,
+    model_dir: Path,
+    style_paths: list[Path],
+    output: Path,
+    strength: float = 1.0,
+    seed: int = 0,
+    mask: str | Path | None = None,
+    size: int | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Stylize one image file with a base model; returns the output tensor (3,H,W)."""
+    if size is not None and (size < 32 or size % DOWNSAMPLING):
+        raise ValueError(f"--size must be a multiple of {DOWNSAMPLING} and at least 32, got {size}")
+    model, meta = load_checkpoint(model_dir, device)
+    model.eval()
+    style_size = meta["config"]["train"]["image_size"]  # the encoder saw styles at this size
+    styles = load_style_images(style_paths, style_size).to(device)
+    content = fit_to_stride(load_image(content_path, size)).unsqueeze(0).to(device)
+    out = model.stylize(content, styles, seed=seed, strength=strength, mask=region_mask(model, content, mask))
+    save_image(out[0].cpu(), output)
+    return out[0]

@@ -1,0 +1,75 @@
+"""Loss functions, one per idea. Each says why it exists; the training step only weighs and sums them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pstyle.models.features import gram
+
+
+def d_hinge_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Hinge loss for D: only patches on the wrong side of the margin give gradient (SNGAN)."""
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+def g_hinge_loss(fake_logits: Tensor) -> Tensor:
+    """Hinge loss for G: raise D's score of generated images for their claimed style."""
+    return -fake_logits.mean()
+
+
+def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
+    """R1 (Mescheder et al.): squared gradient norm of D on real data keeps D smooth there.
+
+    `real_images` must have requires_grad set before D was evaluated on them.
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    return grad.square().sum(dim=(1, 2, 3)).mean()
+
+
+def content_loss(out_feats: list[Tensor], content_feats: list[Tensor]) -> Tensor:
+    """Deepest features must match the content's: keeps layout and objects, not colours and texture."""
+    return F.mse_loss(out_feats[-1], content_feats[-1])
+
+
+def style_loss(out_feats: list[Tensor], style_grams: list[Tensor]) -> Tensor:
+    """Gram matrices at every scale must match the style set's mean Gram: texture and colour stats.
+
+    style_grams[i] is (B, C, C): the mean over each sample's K style images (see `style_set_grams`).
+    """
+    return sum(F.mse_loss(gram(f), g) for f, g in zip(out_feats, style_grams, strict=True)) / len(out_feats)
+
+
+def style_set_grams(style_feats: list[Tensor], set_size: int) -> list[Tensor]:
+    """Mean Gram per style set: features of B*K images -> B targets, order-independent in K."""
+    grams = []
+    for f in style_feats:
+        g = gram(f)
+        grams.append(g.reshape(-1, set_size, *g.shape[1:]).mean(dim=1))
+    return grams
+
+
+def code_consistency_loss(out_codes: Tensor, target_codes: Tensor) -> Tensor:
+    """Re-encoding the output must give back its style code, so the output carries the style
+    the encoder recognises rather than any texture that fools the Gram loss."""
+    return (1 - F.cosine_similarity(out_codes, target_codes.detach(), dim=1)).mean()
+
+
+def diversity_loss(
+    out_a: Tensor, out_b: Tensor, noise_a: Tensor, noise_b: Tensor, cap: float = 1.0
+) -> Tensor:
+    """Mode seeking (Mao et al., MSGAN): different noise must give different images, else G
+    collapses to one output per (content, style). Maximises the image/noise distance ratio,
+    capped (as StarGAN v2's diversity term is bounded) so it cannot outweigh content and style."""
+    ratio = (out_a - out_b).abs().mean(dim=(1, 2, 3)) / (noise_a - noise_b).abs().flatten(1).mean(dim=1)
+    return -ratio.clamp(max=cap).mean()
+
+
+def segmentation_loss(logits: Tensor, masks: Tensor) -> Tensor:
+    """BCE for per-pixel accuracy plus soft Dice so small subjects are not ignored."""
+    prob = torch.sigmoid(logits)
+    dice = 1 - (2 * (prob * masks).sum(dim=(1, 2, 3)) + 1) / (
+        prob.sum(dim=(1, 2, 3)) + masks.sum(dim=(1, 2, 3)) + 1
+    )
+    return F.binary_cross_entropy_with_logits(logits, masks) + dice.mean()

@@ -1,0 +1,191 @@
+"""Evaluation metrics that need no pretrained network, so every number is reproducible offline.
+
+- `swd`: sliced Wasserstein distance on Laplacian-pyramid patches (Karras et al. 2018), how close the
+  outputs' local texture statistics are to the target style's.
+- `ssim`: structural similarity on luminance, how much content structure the output keeps.
+- `diversity`, `code_consistency`: does noise change the output, and does the output carry the style code.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_PATCH = 7  # neighbourhood size of the SWD descriptors (7x7x3 = 147-D)
+
+
+# ----------------------------------------------------------------------------- Laplacian pyramid
+
+
+def _binomial_blur(x: Tensor) -> Tensor:
+    """5x5 binomial filter ([1,4,6,4,1]/16 outer product) with mirror padding, as cv2.pyrDown/pyrUp."""
+    c = x.shape[1]
+    k1 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=x.device, dtype=x.dtype) / 16
+    kernel = torch.outer(k1, k1).expand(c, 1, 5, 5)
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), kernel, groups=c)
+
+
+def pyr_down(x: Tensor) -> Tensor:
+    """Blur then drop every other pixel; an odd side of n gives ceil(n/2)."""
+    return _binomial_blur(x)[..., ::2, ::2]
+
+
+def pyr_up(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Zero-insert up to `size` then blur (x4 keeps the brightness); inverse shape of `pyr_down`."""
+    up = x.new_zeros(*x.shape[:2], *size)
+    up[..., ::2, ::2] = x
+    return 4 * _binomial_blur(up)
+
+
+def laplacian_pyramid(x: Tensor, min_res: int = 16) -> list[Tensor]:
+    """Band-pass levels from full resolution down to `min_res` px; the last level is the Gaussian residual.
+
+    Level count follows Karras et al.: halve min(H, W) while it stays >= min_res. The image is recovered
+    exactly by `x = levels[-1]; for lvl in reversed(levels[:-1]): x = lvl + pyr_up(x, lvl.shape[-2:])`.
+    """
+    assert min_res >= 3, "mirror padding of the 5x5 filter needs at least 3 px"
+    assert min(x.shape[-2:]) >= min_res, f"image {tuple(x.shape[-2:])} smaller than min_res={min_res}"
+    n_levels, res = 1, min(x.shape[-2:])
+    while res // 2 >= min_res:
+        n_levels, res = n_levels + 1, res // 2
+    levels = [x]
+    for _ in range(n_levels - 1):
+        coarse = pyr_down(levels[-1])
+        levels[-1] = levels[-1] - pyr_up(coarse, tuple(levels[-1].shape[-2:]))
+        levels.append(coarse)
+    return levels
+
+
+# ----------------------------------------------------------------------------- sliced Wasserstein distance
+
+
+def _descriptors(level: Tensor, patches_per_image: int, gen: torch.Generator) -> Tensor:
+    """Random 7x7x3 neighbourhoods, each colour channel normalised by this set's own mean/std (as Karras)."""
+    b, c, h, w = level.shape
+    r = _PATCH // 2
+    n = b * patches_per_image
+    dev = level.device
+    img = torch.arange(b, device=dev).repeat_interleave(patches_per_image)
+    off = torch.arange(-r, r + 1)
+    ys = (torch.randint(r, h - r, (n, 1), generator=gen) + off).to(dev)  # (n, 7) rows of each patch
+    xs = (torch.randint(r, w - r, (n, 1), generator=gen) + off).to(dev)
+    chan = torch.arange(c, device=dev)[None, :, None, None]
+    desc = level[img[:, None, None, None], chan, ys[:, None, :, None], xs[:, None, None, :]]  # (n, 3, 7, 7)
+    desc = desc - desc.mean(dim=(0, 2, 3), keepdim=True)
+    # The clamp only matters for a constant channel, which Karras' code would turn into NaN.
+    desc = desc / desc.std(dim=(0, 2, 3), correction=0, keepdim=True).clamp_min(1e-8)
+    return desc.reshape(n, -1)
+
+
+def _sliced_wasserstein(
+    da: Tensor, db: Tensor, n_directions: int, n_repeats: int, gen: torch.Generator
+) -> float:
+    """1-D Wasserstein-1 along random unit directions (sorted projections), averaged over them and repeats."""
+    n = min(len(da), len(db))
+    # Patches are stored image by image, so a random subset (not the first n) keeps every image represented.
+    if len(da) > n:
+        da = da[torch.randperm(len(da), generator=gen)[:n].to(da.device)]
+    if len(db) > n:
+        db = db[torch.randperm(len(db), generator=gen)[:n].to(db.device)]
+    dists = []
+    for _ in range(n_repeats):
+        dirs = torch.randn(da.shape[1], n_directions, generator=gen)
+        dirs = (dirs / dirs.norm(dim=0, keepdim=True)).to(da.device)
+        pa = (da @ dirs).sort(dim=0).values
+        pb = (db @ dirs).sort(dim=0).values
+        dists.append((pa - pb).abs().mean())
+    return torch.stack(dists).mean().item()
+
+
+@torch.no_grad()
+def swd(
+    a: Tensor,
+    b: Tensor,
+    seed: int = 0,
+    patches_per_image: int = 128,
+    n_directions: int = 128,
+    n_repeats: int = 4,
+    min_res: int = 16,
+) -> dict:
+    """Multi-scale sliced Wasserstein distance between two image sets, x1e3 (Karras et al. 2018).
+
+    Each set keeps its own size; pyramid levels are matched by index (the smaller set's level count is used).
+    Both sets draw patch positions from the same seed, so equal-shaped sets share positions and
+    swd(x, x) is exactly 0 (common random numbers also make comparisons between models less noisy).
+    Returns {"levels": [finest..coarsest], "mean": average of levels}.
+    """
+    assert min_res >= _PATCH, f"min_res must be >= {_PATCH} to fit the patches"
+    pyr_a = laplacian_pyramid(a.float(), min_res)
+    pyr_b = laplacian_pyramid(b.float(), min_res)
+    gen_a = torch.Generator().manual_seed(seed)
+    gen_b = torch.Generator().manual_seed(seed)
+    gen_dirs = torch.Generator().manual_seed(seed + 1)
+    levels = []
+    for la, lb in zip(pyr_a, pyr_b, strict=False):
+        da = _descriptors(la, patches_per_image, gen_a)
+        db = _descriptors(lb, patches_per_image, gen_b)
+        levels.append(1e3 * _sliced_wasserstein(da, db, n_directions, n_repeats, gen_dirs))
+    return {"levels": levels, "mean": sum(levels) / len(levels)}
+
+
+# ----------------------------------------------------------------------------- SSIM
+
+
+def luminance(x: Tensor) -> Tensor:
+    """Rec. 601 luma (B,3,H,W) -> (B,1,H,W): SSIM is a structure measure, colour is SWD's job."""
+    w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
+    return (x * w[:, None, None]).sum(dim=1, keepdim=True)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5, device: torch.device | None = None) -> Tensor:
+    t = torch.arange(size, device=device, dtype=torch.float32) - size // 2
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return torch.outer(g, g)[None, None]
+
+
+def ssim(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
+    """Mean SSIM per image (B,) on luminance (Wang et al. 2004: 11x11 Gaussian, sigma 1.5, k1 .01, k2 .03).
+
+    'Valid' convolution, so no padded border biases the score; differentiable.
+    """
+    assert x.shape == y.shape, f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}"
+    x, y = luminance(x.float()), luminance(y.float())
+    win = _gaussian_window(device=x.device)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = F.conv2d(x, win), F.conv2d(y, win)
+    var_x = F.conv2d(x * x, win) - mu_x * mu_x
+    var_y = F.conv2d(y * y, win) - mu_y * mu_y
+    cov = F.conv2d(x * y, win) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+# ----------------------------------------------------------------------------- diversity, code consistency
+
+
+@torch.no_grad()
+def diversity(outputs: Tensor) -> float:
+    """Mean pairwise L1 between the S outputs (S,B,3,H,W) of each input under different noise seeds.
+
+    0 means the generator ignores its noise (mode collapse). Pairs are looped so memory stays O(S*B*HW).
+    """
+    s = outputs.shape[0]
+    assert s >= 2, "need at least two noise seeds per input"
+    outputs = outputs.float()
+    total = sum((outputs[i] - outputs[j]).abs().mean() for i in range(s) for j in range(i + 1, s))
+    return (total / (s * (s - 1) / 2)).item()
+
+
+@torch.no_grad()
+def code_consistency(codes_out: Tensor, codes_target: Tensor) -> float:
+    """Mean cosine similarity between style codes re-encoded from the outputs and the target codes (B,D).
+
+    1 means the output carries exactly the requested style; the encoder stays with the caller.
+    """
+    return F.cosine_similarity(codes_out.float(), codes_target.float(), dim=1).mean().item()
+
+
+@torch.no_grad()
+def style_metrics(outputs: Tensor, content: Tensor, styles: Tensor, seed: int = 0) -> dict[str, float]:
+    """The two numbers every table reports: style match (SWD to the style set) and content kept (SSIM)."""
+    return {"swd": swd(outputs, styles, seed=seed)["mean"], "ssim": ssim(outputs, content).mean().item()}

@@ -1,0 +1,145 @@
+"""The CLI end to end on tiny data: train, resume, stylize, eval, bench, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pstyle.checkpoint import fingerprint, load_checkpoint
+from pstyle.config import PStyleConfig
+from pstyle.images import load_image
+from pstyle.train import train_base
+
+TINY_SETTINGS = {
+    "train.image_size": 32, "train.batch_size": 2, "train.style_images": 2, "train.checkpoint_every": 2,
+    "train.sample_every": 2, "model.channels": 8, "model.res_blocks": 1, "model.encoder_channels": 8,
+    "model.disc_channels": 8, "model.segmenter_channels": 4, "features.random_channels": 8,
+}  # fmt: skip
+TINY = [arg for key, value in TINY_SETTINGS.items() for arg in ("--set", f"{key}={value}")]
+
+
+def pstyle(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "pstyle", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synth_dir) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "base"
+    pstyle(
+        "train-base", "--data", synth_dir, "--out", out, "--device", "cpu", "--set", "train.steps=3", *TINY
+    )
+    return out
+
+
+def test_train_base_writes_checkpoint_and_samples(trained):
+    meta = json.loads((trained / "meta.json").read_text())
+    assert meta["step"] == 3 and meta["features"]["kind"] == "random"
+    assert sorted(p.name for p in (trained / "samples").glob("*.png")) == ["step000002.png", "step000003.png"]
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, synth_dir, small_config):
+    small_config.train.steps = 4
+    straight = train_base(small_config, synth_dir, tmp_path / "straight", progress=False)
+    small_config.train.steps = 2
+    train_base(small_config, synth_dir, tmp_path / "resumed", progress=False)
+    small_config.train.steps = 4
+    train_base(small_config, synth_dir, tmp_path / "resumed", progress=False)  # continues from step 2
+    a, meta_a = load_checkpoint(straight)
+    b, meta_b = load_checkpoint(tmp_path / "resumed")
+    assert meta_b["step"] == 4
+    assert fingerprint(a) == fingerprint(b)
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def test_resume_refuses_other_architecture(tmp_path, synth_dir, small_config):
+    train_base(small_config, synth_dir, tmp_path / "run", progress=False)
+    other = PStyleConfig.from_dict(small_config.to_dict())
+    other.model.channels = 12
+    with pytest.raises(ValueError, match="another architecture"):
+        train_base(other, synth_dir, tmp_path / "run", progress=False)
+
+
+def test_stylize_strength_region_and_seed(trained, synth_dir, tmp_path):
+    content = synth_dir / "content" / "images" / "00000.png"
+    styles = sorted((synth_dir / "styles").iterdir())[0].glob("*.png")
+    style_args = [a for s in sorted(styles)[:2] for a in ("--style", s)]
+    out = tmp_path / "out.png"
+    pstyle("stylize", content, "--model", trained, *style_args, "-o", out, "--size", "48", "--device", "cpu")
+    assert load_image(out).shape == (3, 48, 48)
+    zero = tmp_path / "zero.png"
+    pstyle(
+        "stylize", content, "--model", trained, *style_args, "-o", zero, "--strength", "0", "--device", "cpu"
+    )
+    assert (load_image(zero) - load_image(content)).abs().max() <= 1 / 255 + 1e-6
+    for region in ("subject", "background"):
+        pstyle(
+            "stylize",
+            content,
+            "--model",
+            trained,
+            *style_args,
+            "-o",
+            tmp_path / f"{region}.png",
+            "--mask",
+            region,
+        )
+        assert (tmp_path / f"{region}.png").stat().st_size > 0
+
+
+def test_bad_inputs_give_one_line_errors(trained, synth_dir, tmp_path):
+    content = synth_dir / "content" / "images" / "00000.png"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(content.read_bytes()[:100])
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    x = tmp_path / "x.png"
+    cases = [
+        (["stylize", content, "--model", trained, "--style", broken, "-o", x], "broken.png"),
+        (["stylize", text, "--model", trained, "--style", content, "-o", x], "notes.txt"),
+        (["stylize", content, "--model", tmp_path, "--style", content, "-o", x], "not a pstyle checkpoint"),
+        (
+            ["stylize", content, "--model", trained, "--style", content, "-o", x, "--size", "50"],
+            "multiple of 4",
+        ),
+        (
+            ["train-base", "--data", synth_dir, "--out", tmp_path / "o", "--set", "train.stepz=1"],
+            "train.stepz",
+        ),
+    ]
+    for args, needle in cases:
+        proc = pstyle(*args, check=False)
+        assert proc.returncode == 1, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not x.exists()  # nothing half-written on failure
+
+
+def test_eval_writes_table_and_json(trained, synth_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    proc = pstyle(
+        "eval", "--model", trained, "--data", synth_dir, "--out", out, "--users", "2", "--content", "2"
+    )
+    assert "reinhard" in proc.stdout
+    report = json.loads(out.read_text())
+    assert set(report["methods"]) == {"model", "identity", "reinhard"}
+    assert report["methods"]["identity"]["ssim"] == pytest.approx(1.0)
+    assert report["model"]["diversity"] >= 0
+
+
+def test_bench_generator_writes_json_and_table(tmp_path):
+    args = ["--out", tmp_path, "--device", "cpu", "--sizes", "32", "--batches", "1,2", "--min-time", "0.05"]
+    proc = pstyle("bench", "generator", *args)
+    assert "img/s" in proc.stdout
+    result = json.loads((tmp_path / "generator-cpu.json").read_text())
+    assert [(r["size"], r["batch"]) for r in result["rows"]] == [(32, 1), (32, 2)]
+    assert all(r["images_per_s"] > 0 for r in result["rows"])
