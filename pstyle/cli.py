@@ -152,6 +152,18 @@ def eval_cmd(model_dir: Path, data_dir: Path, out_path: Path | None, users: int,
     write_report(report, out_path or Path(model_dir) / "eval.json")
 
 
+@cli.command()
+@click.option(
+    "--out", "out_dir", default=Path("runs/demo"), show_default=True, type=click.Path(path_type=Path)
+)
+@click.option("--tiny", is_flag=True, help="a reduced run (seconds), for tests")
+def demo(out_dir: Path, tiny: bool) -> None:
+    """Run the whole pipeline end to end on the embedded default."""
+    from pstyle.demo import run_demo
+
+    run_demo(out_dir, tiny=tiny, log=click.echo)
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks (JSON + table)."""

@@ -34,20 +34,16 @@ def content_loss(out_feats: list[Tensor], content_feats: list[Tensor]) -> Tensor
 
 
 def style_loss(out_feats: list[Tensor], style_grams: list[Tensor]) -> Tensor:
-    """Gram matrices at every scale must match the style set's mean Gram: texture and colour stats.
+    """Centred Gram matrices at every scale must match the style set's mean Gram: texture.
 
-    style_grams[i] is (B, C, C): the mean over each sample's K style images (see `style_set_grams`).
+    style_grams[i] is (B, C, C): the mean over each sample's K style images (`style_set_grams`).
     """
     return sum(F.mse_loss(gram(f), g) for f, g in zip(out_feats, style_grams, strict=True)) / len(out_feats)
 
 
 def style_set_grams(style_feats: list[Tensor], set_size: int) -> list[Tensor]:
     """Mean Gram per style set: features of B*K images -> B targets, order-independent in K."""
-    grams = []
-    for f in style_feats:
-        g = gram(f)
-        grams.append(g.reshape(-1, set_size, *g.shape[1:]).mean(dim=1))
-    return grams
+    return [gram(f).reshape(-1, set_size, f.shape[1], f.shape[1]).mean(dim=1) for f in style_feats]
 
 
 def code_consistency_loss(out_codes: Tensor, target_codes: Tensor) -> Tensor:

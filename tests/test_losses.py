@@ -21,15 +21,25 @@ def test_r1_is_zero_for_constant_critic_and_positive_otherwise():
     assert losses.r1_penalty((x * 2).sum(dim=(1, 2, 3)), x) > 0
 
 
-def test_style_loss_zero_on_own_gram_and_order_free():
+def test_style_loss_zero_on_own_gram_order_free_and_sees_texture():
     feats = [torch.rand(6, 4, 8, 8), torch.rand(6, 8, 4, 4)]  # B=2 sets of K=3
     grams = losses.style_set_grams(feats, 3)
     assert grams[0].shape == (2, 4, 4)
     assert torch.allclose(grams[0][0], gram(feats[0][:3]).mean(0))
-    same = [f[:1].repeat(2, 1, 1, 1) for f in feats]
+    shuffled = losses.style_set_grams([f[[2, 0, 1, 5, 3, 4]] for f in feats], 3)
+    assert all(torch.allclose(a, b) for a, b in zip(grams, shuffled, strict=True))
+    own = [f[:1].repeat(2, 1, 1, 1) for f in feats]
     assert (
-        losses.style_loss(same, losses.style_set_grams([f[:1].repeat(6, 1, 1, 1) for f in feats], 3)) < 1e-12
+        losses.style_loss(own, losses.style_set_grams([f[:1].repeat(6, 1, 1, 1) for f in feats], 3)) < 1e-12
     )
+    # Same per-channel values, different texture: channel 1 copies channel 0 in the target, while
+    # in the output channel 0 is spatially shuffled, breaking the correlation the Gram sees.
+    target = [f[:1].clone() for f in feats]
+    target[0][:, 1] = target[0][:, 0]
+    out = [f.clone() for f in target]
+    out[0][:, 0] = out[0][:, 0].flatten(1)[:, torch.randperm(64)].reshape(1, 8, 8)
+    assert losses.style_loss(out, losses.style_set_grams(target, 1)) > 1e-4
+    assert torch.allclose(gram(feats[0] + 5.0), gram(feats[0]), atol=1e-5)  # centred: offsets ignored
 
 
 def test_content_loss_uses_layout():

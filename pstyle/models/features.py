@@ -95,10 +95,13 @@ def _vgg19_trunk(raw: bytes) -> nn.Sequential:
 
 
 def gram(feat: Tensor) -> Tensor:
-    """Channel Gram matrix averaged over positions: (B,C,H,W) -> (B,C,C). Texture without layout.
+    """Centred channel Gram (covariance) averaged over positions: (B,C,H,W) -> (B,C,C).
 
-    Averaging (not summing) makes it independent of image size, so one weight fits all sizes.
+    Texture without layout. Centring keeps the mean activation from swamping the texture signal
+    (with random features an uncentred Gram mostly measures mean colour); averaging makes it
+    independent of image size, so one weight fits all sizes.
     """
     b, c, h, w = feat.shape
     f = feat.reshape(b, c, h * w)
+    f = f - f.mean(dim=2, keepdim=True)
     return f @ f.transpose(1, 2) / (h * w)
