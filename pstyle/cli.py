@@ -111,6 +111,9 @@ def train_base_cmd(
 @click.option("--seed", default=0, show_default=True)
 @click.option("--mask", default=None, help="'subject', 'background', or a mask image (white = stylize)")
 @click.option("--size", default=None, type=int, help="resize the content's shorter side (multiple of 4)")
+@click.option(
+    "--segmenter", "segmenter_weights", default=None, help="segmenter weights (safetensors path or s3:// URI)"
+)
 @click.option("--device", default="auto", show_default=True)
 def stylize(
     content: Path,
@@ -121,13 +124,23 @@ def stylize(
     seed: int,
     mask: str | None,
     size: int | None,
+    segmenter_weights: str | None,
     device: str,
 ) -> None:
     """Render CONTENT in the style of the --style images."""
     from pstyle.inference import stylize_file
 
     stylize_file(
-        content, model_dir, list(style_paths), output, strength, seed, mask, size, resolve_device(device)
+        content,
+        model_dir,
+        list(style_paths),
+        output,
+        strength=strength,
+        seed=seed,
+        mask=mask,
+        size=size,
+        device=resolve_device(device),
+        segmenter_weights=segmenter_weights,
     )
     click.echo(f"wrote {output}")
 

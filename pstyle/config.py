@@ -125,6 +125,24 @@ class PStyleConfig:
         return from_dict(PStyleConfig, data)
 
 
+def cpu_preset(image_size: int = 64, steps: int = 100) -> PStyleConfig:
+    """A narrow model and a large learning rate: a run that shows learning in minutes on 2 CPUs.
+
+    Used by `pstyle demo` and the training test; clusters train the full default model.
+    """
+    model = ModelConfig(
+        channels=16, res_blocks=2, style_dim=32, noise_dim=8, encoder_channels=16, disc_channels=16
+    )
+    config = PStyleConfig(model=model)
+    config.features.random_channels = 32
+    config.train.image_size = image_size
+    config.train.steps = steps
+    config.train.style_images = 3
+    config.train.lr_g = config.train.lr_d = 1e-3
+    config.train.checkpoint_every = config.train.sample_every = max(steps // 4, 1)
+    return config
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Build dataclass `cls` from plain data, recursing into nested dataclasses.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from pstyle.checkpoint import load_checkpoint
-from pstyle.config import PStyleConfig
+from pstyle.config import cpu_preset
 from pstyle.data.folders import ContentFolder, StyleUsers
 from pstyle.data.synth import synthesize
 from pstyle.evaluate import evaluate_model, format_table, write_report
@@ -28,20 +28,12 @@ class DemoPlan:
     image_size: int = 64
     n_content: int = 32
     n_users: int = 16
-    steps: int = 300
+    steps: int = 200
     demo_users: int = 3
 
     @classmethod
     def tiny(cls) -> DemoPlan:
         return cls(image_size=32, n_content=8, n_users=8, steps=4, demo_users=3)
-
-
-def demo_config(plan: DemoPlan) -> PStyleConfig:
-    config = PStyleConfig()
-    config.train.image_size = plan.image_size
-    config.train.steps = plan.steps
-    config.train.checkpoint_every = config.train.sample_every = max(plan.steps // 3, 1)
-    return config
 
 
 def run_demo(out: Path, tiny: bool = False, log: Callable[[str], None] = print) -> dict[str, float]:
@@ -62,7 +54,10 @@ def run_demo(out: Path, tiny: bool = False, log: Callable[[str], None] = print) 
     stage(
         "synthetic data", lambda: synthesize(data_dir, plan.n_content, plan.n_users, 6, max(size, 64), seed=0)
     )
-    stage("train base", lambda: train_base(demo_config(plan), data_dir, base_dir, progress=True))
+    stage(
+        "train base",
+        lambda: train_base(cpu_preset(plan.image_size, plan.steps), data_dir, base_dir, progress=True),
+    )
 
     def evaluate_stage() -> None:
         model, _ = load_checkpoint(base_dir)

@@ -110,12 +110,20 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
     return out
 
 
-def _resize_crop(img: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
-    """Scale the shorter side to `size` then center-crop a size x size square."""
+def resize_shorter_side(
+    img: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC
+) -> Image.Image:
+    """Scale so the shorter side is `size`, keeping the aspect ratio (antialiased when shrinking:
+    PIL filters with the scaled kernel)."""
     w, h = img.size
     scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), resample)  # PIL filters with the scaled kernel: antialiased downsampling
+    return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
+
+
+def _resize_crop(img: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """Scale the shorter side to `size` then center-crop a size x size square."""
+    img = resize_shorter_side(img, size, resample)
+    nw, nh = img.size
     left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 

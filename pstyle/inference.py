@@ -9,7 +9,7 @@ from torch import Tensor
 
 from pstyle.checkpoint import load_checkpoint
 from pstyle.data.folders import load_style_images
-from pstyle.images import load_image, load_mask, save_image
+from pstyle.images import load_mask, open_image, resize_shorter_side, save_image, to_tensor
 from pstyle.model import StyleModel
 from pstyle.models.generator import DOWNSAMPLING
 
@@ -43,15 +43,23 @@ def stylize_file(
     mask: str | Path | None = None,
     size: int | None = None,
     device: torch.device | str = "cpu",
+    segmenter_weights: str | None = None,
 ) -> Tensor:
-    """Stylize one image file with a base model; returns the output tensor (3,H,W)."""
+    """Stylize one image file with a base model; returns the output tensor (3,H,W).
+
+    `segmenter_weights` (path or s3:// URI, safetensors) replaces the model's own segmenter.
+    """
     if size is not None and (size < 32 or size % DOWNSAMPLING):
         raise ValueError(f"--size must be a multiple of {DOWNSAMPLING} and at least 32, got {size}")
     model, meta = load_checkpoint(model_dir, device)
+    if segmenter_weights:
+        model.segmenter.load_weights(segmenter_weights)
     model.eval()
     style_size = meta["config"]["train"]["image_size"]  # the encoder saw styles at this size
     styles = load_style_images(style_paths, style_size).to(device)
-    content = fit_to_stride(load_image(content_path, size)).unsqueeze(0).to(device)
+    image = open_image(content_path)
+    content = to_tensor(resize_shorter_side(image, size) if size else image)
+    content = fit_to_stride(content).unsqueeze(0).to(device)
     out = model.stylize(content, styles, seed=seed, strength=strength, mask=region_mask(model, content, mask))
     save_image(out[0].cpu(), output)
     return out[0]

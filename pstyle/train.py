@@ -176,7 +176,7 @@ def train_base(
         logs = trainer.step(data.sample(t.batch_size, t.style_images, trainer.device))
         bar.update(1)
         if trainer.step_count % t.log_every == 0:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
         if trainer.step_count % t.sample_every == 0 or trainer.step_count == t.steps:
             write_sample_grid(trainer.model, fixed, out_dir / "samples" / f"step{trainer.step_count:06d}.png")
         if trainer.step_count % t.checkpoint_every == 0 or trainer.step_count == t.steps:

@@ -11,11 +11,15 @@ def read_bytes(uri: str | Path) -> bytes:
     text = str(uri)
     if text.startswith("s3://"):
         import boto3
+        from botocore.exceptions import ClientError
 
         bucket, _, key = text.removeprefix("s3://").partition("/")
         if not bucket or not key:
             raise ValueError(f"malformed S3 URI {text!r}: expected s3://bucket/key")
-        return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        try:
+            return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:  # NoSuchKey, NoSuchBucket, AccessDenied...
+            raise FileNotFoundError(f"cannot read {text}: {exc.response['Error']['Code']}") from exc
     path = Path(text).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")

@@ -12,7 +12,7 @@ import torch
 
 from pstyle.checkpoint import fingerprint, load_checkpoint
 from pstyle.config import PStyleConfig
-from pstyle.images import load_image
+from pstyle.images import load_image, save_image
 from pstyle.train import train_base
 
 TINY_SETTINGS = {
@@ -74,8 +74,12 @@ def test_stylize_strength_region_and_seed(trained, synth_dir, tmp_path):
     styles = sorted((synth_dir / "styles").iterdir())[0].glob("*.png")
     style_args = [a for s in sorted(styles)[:2] for a in ("--style", s)]
     out = tmp_path / "out.png"
-    pstyle("stylize", content, "--model", trained, *style_args, "-o", out, "--size", "48", "--device", "cpu")
-    assert load_image(out).shape == (3, 48, 48)
+    wide = tmp_path / "wide.png"
+    save_image(torch.rand(3, 50, 90), wide)  # not a multiple of 4, not square
+    pstyle("stylize", wide, "--model", trained, *style_args, "-o", out, "--device", "cpu")
+    assert load_image(out).shape == (3, 48, 88)  # cropped to the stride, aspect kept
+    pstyle("stylize", wide, "--model", trained, *style_args, "-o", out, "--size", "40", "--device", "cpu")
+    assert load_image(out).shape == (3, 40, 72)
     zero = tmp_path / "zero.png"
     pstyle(
         "stylize", content, "--model", trained, *style_args, "-o", zero, "--strength", "0", "--device", "cpu"

@@ -55,3 +55,20 @@ def test_vgg19_refuses_pickled_objects_and_incomplete_weights(tmp_path, vgg_stat
         FeatureExtractor(FeatureConfig(vgg19_weights=str(partial)))
     with pytest.raises(FileNotFoundError):
         FeatureExtractor(FeatureConfig(vgg19_weights=str(tmp_path / "none.pth")))
+
+
+def test_vgg19_loads_from_s3_uri(s3_env, tmp_path, vgg_state):
+    import boto3
+
+    path = tmp_path / "vgg19.safetensors"
+    save_file(vgg_state, path)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="weights")
+    s3.upload_file(str(path), "weights", "vgg/vgg19.safetensors")
+    extractor = FeatureExtractor(FeatureConfig(vgg19_weights="s3://weights/vgg/vgg19.safetensors"))
+    assert torch.equal(extractor.net[0].weight, vgg_state["features.0.weight"])
+    assert extractor.describe()["weights"] == "s3://weights/vgg/vgg19.safetensors"
+    with pytest.raises(ValueError, match="malformed S3 URI"):
+        FeatureExtractor(FeatureConfig(vgg19_weights="s3://weights"))
+    with pytest.raises(FileNotFoundError, match="NoSuchKey"):
+        FeatureExtractor(FeatureConfig(vgg19_weights="s3://weights/vgg/missing.safetensors"))

@@ -4,30 +4,15 @@ from __future__ import annotations
 
 from pstyle.baselines import identity
 from pstyle.checkpoint import load_checkpoint
-from pstyle.config import ModelConfig, PStyleConfig
+from pstyle.config import cpu_preset
 from pstyle.evaluate import evaluate, model_method
 from pstyle.train import BaseTrainer, train_base
 
 STEPS = 100  # ~65 s on 2 CPUs at 64 px
 
 
-def short_run_config() -> PStyleConfig:
-    model = ModelConfig(
-        channels=16, res_blocks=2, style_dim=32, noise_dim=8, encoder_channels=16, disc_channels=16
-    )
-    config = PStyleConfig(model=model)
-    config.features.random_channels = 32
-    config.train.image_size = 64
-    config.train.batch_size = 8
-    config.train.style_images = 3
-    config.train.steps = STEPS
-    config.train.lr_g = config.train.lr_d = 1e-3  # a short run needs a large step
-    config.train.checkpoint_every = config.train.sample_every = STEPS
-    return config
-
-
 def test_short_training_beats_untrained_generator_and_identity(synth_dir, tmp_path):
-    config = short_run_config()
+    config = cpu_preset(image_size=64, steps=STEPS)
     untrained = BaseTrainer(config).model.eval()  # the exact initialisation the run starts from
     trained, _ = load_checkpoint(train_base(config, synth_dir, tmp_path / "base", progress=False))
     methods = {

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from torch import Tensor, nn
 
 from pstyle.config import ModelConfig
+from pstyle.uris import read_bytes
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -39,3 +42,14 @@ class Segmenter(nn.Module):
     def predict_mask(self, images: Tensor) -> Tensor:
         """Binary subject mask (B,1,H,W): 1 where the subject is more likely than not."""
         return (self(images) > 0).to(images.dtype)
+
+    def load_weights(self, uri: str) -> None:
+        """Replace the weights with a user's safetensors file (path or s3:// URI); never unpickles."""
+        try:
+            state = load_safetensors(read_bytes(uri))
+        except SafetensorError as exc:
+            raise ValueError(f"{uri}: not a safetensors file ({exc})") from exc
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as exc:  # missing/unexpected keys or shape mismatches
+            raise ValueError(f"{uri}: weights do not fit this segmenter: {str(exc).splitlines()[0]}") from exc
