@@ -66,11 +66,11 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(directory / MODEL_FILE, lambda p: save_file(tensors, p))
+    atomic_write(directory / MODEL_FILE, lambda p: save_file(tensors, p))
     if train_state is not None:
         flat, skeleton = flatten_state(train_state)
-        _atomic(directory / STATE_FILE, lambda p: save_file(flat, p))
-        _atomic(directory / STATE_META_FILE, lambda p: Path(p).write_text(json.dumps(skeleton)))
+        atomic_write(directory / STATE_FILE, lambda p: save_file(flat, p))
+        atomic_write(directory / STATE_META_FILE, lambda p: Path(p).write_text(json.dumps(skeleton)))
     meta = {
         "format": "pstyle-checkpoint/1",
         "pstyle_version": __version__,
@@ -81,7 +81,9 @@ def save_checkpoint(
         "created": time.time(),
         **(extra or {}),
     }
-    _atomic(directory / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    atomic_write(
+        directory / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    )
     return meta
 
 
@@ -158,7 +160,7 @@ def unflatten_state(tensors: dict[str, Tensor], skeleton: Any) -> Any:
     return skeleton["__value__"]
 
 
-def _atomic(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write via `write(tmp_path)` then rename over `path`: readers see old or new, never half."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -145,6 +145,64 @@ def stylize(
     click.echo(f"wrote {output}")
 
 
+@cli.command()
+@click.option(
+    "--base", "base_dir", required=True, type=click.Path(path_type=Path), help="base checkpoint dir"
+)
+@click.option("--user", "user_id", required=True)
+@click.option(
+    "--styles", "styles_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--feedback", "feedback_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--content",
+    "content_dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="content images to train on (default: procedural scenes)",
+)
+@click.option("--steps", default=None, type=int)
+def personalize(
+    base_dir: Path,
+    user_id: str,
+    styles_dir: Path,
+    out_dir: Path,
+    feedback_path: Path | None,
+    content_dir: Path | None,
+    steps: int | None,
+) -> None:
+    """Fine-tune USER's adapter on their style images; prints before/after held-out metrics."""
+    from pstyle.checkpoint import read_meta
+    from pstyle.data.folders import ContentFolder, load_style_images
+    from pstyle.data.synth import scene_tensors
+    from pstyle.ids import validate_id
+    from pstyle.images import list_images
+    from pstyle.personalize import Feedback, PersonalizeConfig, personalize_user
+
+    validate_id(user_id)
+    size = read_meta(base_dir)["config"]["train"]["image_size"]
+    paths = list_images(styles_dir)
+    if not paths:
+        raise ValueError(f"{styles_dir}: no images")
+    styles = load_style_images(paths, size)
+    if content_dir:
+        folder = ContentFolder(content_dir, size)
+        content = torch.stack([folder[i]["image"] for i in range(len(folder))])
+    else:
+        content = scene_tensors(32, size)
+    cfg = PersonalizeConfig() if steps is None else PersonalizeConfig(steps=steps)
+    feedback = Feedback.load(feedback_path, size) if feedback_path else None
+    meta = personalize_user(base_dir, user_id, styles, content, out_dir, cfg, feedback)
+    before, after = meta["metrics"]["before"], meta["metrics"]["after"]
+    click.echo(f"{'':<8}{'SWD x1e3':>10}{'SSIM':>8}   (held-out style images of {user_id})")
+    for name, m in (("base", before), ("adapter", after)):
+        click.echo(f"{name:<8}{m['swd']:>10.2f}{m['ssim']:>8.3f}")
+    click.echo(f"adapter written to {out_dir}")
+
+
 @cli.command("eval")
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path))
 @click.option(

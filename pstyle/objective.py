@@ -57,7 +57,7 @@ def generator_phase(
 
     with torch.no_grad():
         style_grams = losses.style_set_grams(features(batch.styles.flatten(0, 1)), k)
-        content_feats = features(content2)
+        content_feats = [f.repeat(2, 1, 1, 1) for f in features(batch.content)]
     fake_feats = features(fake)
     with frozen(model.discriminator):
         adv = losses.g_hinge_loss(model.discriminator(fake, codes2.detach()))

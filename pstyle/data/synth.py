@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -525,3 +526,13 @@ def synthesize(
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def scene_tensors(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """n procedural content scenes as a (n, 3, size, size) tensor, without touching disk.
+
+    Adapter fine-tuning needs content images only as a generic canvas; when the user supplies none,
+    these stand in.
+    """
+    rng = np.random.default_rng(seed)
+    return torch.stack([torch.from_numpy(make_scene(rng, size)[0]).permute(2, 0, 1) for _ in range(n)])
