@@ -260,6 +260,36 @@ def bench_generator_cmd(out_dir: Path, device: str, min_time: float, sizes: str,
     click.echo(f"wrote {write_result(result, table, out_dir)}")
 
 
+@bench.command("adapters")
+@click.option(
+    "--out", "out_dir", default=Path("runs/bench"), show_default=True, type=click.Path(path_type=Path)
+)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--sizes", default="128,256", show_default=True)
+@click.option("--batch", default=64, show_default=True)
+@click.option("--ks", default="1,8,64", show_default=True, help="distinct adapters per batch")
+@click.option("--min-time", default=1.0, show_default=True)
+@click.option("--load-trials", default=200, show_default=True)
+def bench_adapters_cmd(
+    out_dir: Path, device: str, sizes: str, batch: int, ks: str, min_time: float, load_trials: int
+) -> None:
+    """Throughput of base / merged / mixed / grouped adapter paths, adapter load time and bytes."""
+    from pstyle.bench import write_result
+    from pstyle.bench_adapters import adapters_table, bench_adapters
+
+    result = bench_adapters(
+        resolve_device(device),
+        sizes=_int_list(sizes),
+        batch=batch,
+        ks=_int_list(ks),
+        min_time=min_time,
+        load_trials=load_trials,
+    )
+    table = adapters_table(result)
+    click.echo(table)
+    click.echo(f"wrote {write_result(result, table, out_dir)}")
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(","))

@@ -46,6 +46,29 @@ def style_set_grams(style_feats: list[Tensor], set_size: int) -> list[Tensor]:
     return [gram(f).reshape(-1, set_size, f.shape[1], f.shape[1]).mean(dim=1) for f in style_feats]
 
 
+def sliced_wasserstein_loss(
+    out_feats: list[Tensor], style_feats: list[Tensor], n_directions: int = 32
+) -> Tensor:
+    """Sliced Wasserstein texture loss (Heitz et al. 2021): each output's feature vectors must have
+    the same distribution as the pooled style images' along random 1-D projections.
+
+    Matches whole distributions rather than second moments, so it keeps improving texture where
+    a Gram loss is already satisfied. out_feats[i] is (B, C, H, W); style_feats[i] is (K, C, h, w),
+    one style set shared by the batch (a user's images).
+    """
+    total = out_feats[0].new_zeros(())
+    for fo, fs in zip(out_feats, style_feats, strict=True):
+        c = fo.shape[1]
+        dirs = F.normalize(torch.randn(c, n_directions, device=fo.device, dtype=fo.dtype), dim=0)
+        proj_out = (fo.flatten(2).transpose(1, 2) @ dirs).sort(dim=1).values  # (B, N, D)
+        proj_style = (fs.flatten(2).transpose(1, 2).reshape(1, -1, c) @ dirs).sort(dim=1).values  # (1, M, D)
+        quantiles = (
+            torch.linspace(0, proj_style.shape[1] - 1, proj_out.shape[1], device=fo.device).round().long()
+        )
+        total = total + F.mse_loss(proj_out, proj_style[:, quantiles].expand_as(proj_out))
+    return total / len(out_feats)
+
+
 def code_consistency_loss(out_codes: Tensor, target_codes: Tensor) -> Tensor:
     """Re-encoding the output must give back its style code, so the output carries the style
     the encoder recognises rather than any texture that fools the Gram loss."""

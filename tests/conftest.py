@@ -47,6 +47,20 @@ def small_config(small_model_cfg: ModelConfig) -> PStyleConfig:
     return cfg
 
 
+BASE_STEPS = 100  # ~70 s on 2 CPUs at 64 px
+
+
+@pytest.fixture(scope="session")
+def trained_base(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A base model trained briefly (seeded) on the synthetic data, shared by the session."""
+    from pstyle.config import cpu_preset
+    from pstyle.train import train_base
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("base") / "base"
+    return train_base(cpu_preset(64, BASE_STEPS), synth_dir, out, progress=False)
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small deterministic synthetic dataset, shared read-only by the whole session."""

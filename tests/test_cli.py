@@ -156,3 +156,11 @@ def test_tiny_demo_runs_every_stage(tmp_path):
     assert set(report["methods"]) == {"model", "identity", "reinhard"}
     grids = sorted((tmp_path / "users").glob("*.png"))
     assert len(grids) == 3 and all(load_image(g).shape[1] > 32 for g in grids)
+
+
+def test_bench_adapters_cli(tmp_path):
+    args = ["--out", tmp_path, "--device", "cpu", "--sizes", "32", "--batch", "4", "--ks", "1,4"]
+    proc = pstyle("bench", "adapters", *args, "--min-time", "0.01", "--load-trials", "3")
+    result = json.loads((tmp_path / "adapters-cpu.json").read_text())
+    assert {r["path"] for r in result["rows"]} >= {"base", "merged", "mixed", "grouped", "auto"}
+    assert "mixed" in proc.stdout

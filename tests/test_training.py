@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from conftest import BASE_STEPS
+
 from pstyle.baselines import identity
 from pstyle.checkpoint import load_checkpoint
 from pstyle.config import cpu_preset
 from pstyle.evaluate import evaluate, model_method
-from pstyle.train import BaseTrainer, train_base
-
-STEPS = 100  # ~65 s on 2 CPUs at 64 px
+from pstyle.train import BaseTrainer
 
 
-def test_short_training_beats_untrained_generator_and_identity(synth_dir, tmp_path):
-    config = cpu_preset(image_size=64, steps=STEPS)
-    untrained = BaseTrainer(config).model.eval()  # the exact initialisation the run starts from
-    trained, _ = load_checkpoint(train_base(config, synth_dir, tmp_path / "base", progress=False))
+def test_short_training_beats_untrained_generator_and_identity(synth_dir, trained_base):
+    untrained = BaseTrainer(cpu_preset(64, BASE_STEPS)).model.eval()  # the run's exact initialisation
+    trained, meta = load_checkpoint(trained_base)
+    assert meta["step"] == BASE_STEPS
     methods = {
         "untrained": model_method(untrained),
         "trained": model_method(trained.eval()),
