@@ -202,7 +202,7 @@ def _adapter_io(bank: AdapterBank, dirs: list[Path], fp: str, device: torch.devi
     q = statistics.quantiles([t * 1e3 for t in times], n=100, method="inclusive")
     user = bank.resident[-1]
     bank.evict(user)
-    entry = bank._host[user]  # what host spill holds for one user (no public accessor)
+    entry = bank.spilled_tensors(user)
     tensor_b = sum(t.numel() * t.element_size() for t in entry.values())
     overhead_b = (
         sys.getsizeof(entry) + len(entry) * TENSOR_OVERHEAD_B + ENTRY_OVERHEAD_B + sys.getsizeof(user)

@@ -136,11 +136,11 @@ class Personalizer:
         self.loss_weights: LossConfig = base_config.loss
         self.features = FeatureExtractor(base_config.features).to(next(base.parameters()).device)
         self.generator = copy.deepcopy(base.generator)  # adapters are injected here, never into `base`
-        self.generator.eval()  # no BatchNorm/dropout in the base path; adapter dropout obeys train()
 
     @torch.no_grad()
     def score(self, content: Tensor, held_out: Tensor, code: Tensor, adapter: bool) -> dict[str, float]:
         """SWD to the held-out style images and content SSIM, with a fixed noise seed."""
+        self.generator.eval()  # adapter dropout off; the base path has no train-time behaviour
         set_active_adapter(self.generator, self.user_id if adapter else None)
         noise = self.generator.make_noise(content, seed=self.cfg.seed)
         out = self.generator(content, code.expand(len(content), -1), noise).clamp(0, 1)
@@ -188,6 +188,7 @@ class Personalizer:
                 base_out = self.generator(batch, codes.detach(), noise)
                 content_feats = self.features(batch)
             set_active_adapter(self.generator, self.user_id)
+            self.generator.train()  # adapter dropout on, if configured
             out = self.generator(batch, codes, noise)
             feats = self.features(out)
             terms = {

@@ -189,10 +189,13 @@ def test_forward_refuses_merged_weights(base: Generator, reference: Generator) -
 
 
 def test_choose_path_rule() -> None:
-    assert choose_path("cpu", 16, 4) == "grouped" and choose_path("cpu", 16, 5) == "mixed"
-    assert choose_path("cpu", 4, 1) == "grouped" and choose_path("cpu", 4, 2) == "mixed"
+    assert choose_path("cpu", 64, 64) == "grouped"  # measured: grouped wins at every k on CPU
     assert choose_path("cuda", 16, 1) == "grouped" and choose_path("cuda", 16, 2) == "mixed"
     assert choose_path(torch.device("cpu"), 16, 8, {"cpu": 0.5}) == "grouped"
+    assert (
+        choose_path("cpu", 16, 9, {"cpu": 0.5}) == "mixed"
+        and choose_path("cpu", 4, 2, {"cpu": 0.25}) == "mixed"
+    )
     assert choose_path("mps", 16, 2) == "mixed"
 
 

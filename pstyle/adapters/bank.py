@@ -37,12 +37,13 @@ from pstyle.adapters.lora import Merged, PerSample
 PathName = Literal["mixed", "grouped"]
 
 # Largest share of distinct adapters in a batch (the base counts as one) for which the grouped path is
-# chosen, per device type. Grouped pays about one fixed pass overhead per extra adapter; mixed pays
-# per-sample low-rank convs, a cost that grows with the batch, so the break-even number of adapters
-# grows with the batch too. CPU (2 threads, default model, 64 px): mixed costs ~10-15% over the base;
-# the paths tie at ~4 adapters in 16 samples and ~2 in 4, hence 0.25. On a GPU small passes leave
-# the device idle, so only a single-adapter batch (one merged pass) is grouped until measured.
-DEFAULT_GROUPED_MAX_FRACTION: dict[str, float] = {"cpu": 0.25, "cuda": 0.0}
+# chosen, per device type; override per bank. Grouped pays one pass per adapter; mixed pays per-sample
+# low-rank convs in one pass. Measured with `pstyle bench adapters` (docs/benchmarks.md), default
+# model, 128 px, batch 64, 2 CPU threads: grouped ran 1.23x / 1.13x the merged base's throughput at
+# k = 8 / 64 distinct adapters, mixed 0.64x / 0.76x (on CPU a batch-1 pass is as efficient per
+# image as a large batch), so the CPU rule is "always grouped". On a GPU small passes leave the
+# device idle (launch-bound), so only a single-adapter batch is grouped until a GPU run measures it.
+DEFAULT_GROUPED_MAX_FRACTION: dict[str, float] = {"cpu": 1.0, "cuda": 0.0}
 
 
 def choose_path(
@@ -113,6 +114,10 @@ class AdapterBank:
     def spilled(self) -> list[str]:
         """Users evicted to host memory, least recently evicted first."""
         return list(self._host)
+
+    def spilled_tensors(self, user_id: str) -> dict[str, Tensor]:
+        """What host spill holds for `user_id` (CPU tensors): the host cost of one cached adapter."""
+        return dict(self._host[user_id])
 
     def add(self, user_id: str, state: Mapping[str, Tensor], config: AdapterConfig | None = None) -> None:
         """Put a user's adapter state (`adapter_state_dict` keys) on the device, evicting the LRU user if
