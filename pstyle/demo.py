@@ -78,8 +78,8 @@ def write_user_grids(base_dir: Path, data_dir: Path, out: Path, size: int, n_use
     model.eval()
     content = ContentFolder(data_dir / "content", size)[0]["image"].unsqueeze(0)
     users = StyleUsers(data_dir / "styles", size)
+    subject = model.subject_mask(content)  # same content for every user: segment once
     for uid in users.user_ids[:n_users]:
         styles, _ = users.split(uid, holdout=HOLDOUT_PER_USER)
-        subject = model.subject_mask(content)
         outputs = [model.stylize(content, styles, mask=m)[0] for m in (None, subject, 1 - subject)]
         save_image(torch.stack([content[0], *styles[:3], *outputs]), out / f"{uid}.png", nrow=8)

@@ -35,8 +35,13 @@ def evaluate(
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Mean SWD-to-held-out-style (x1e3, lower is better) and content SSIM (higher) per method."""
-    content = _content_batch(Path(data_dir), image_size, n_content)
-    users = StyleUsers(Path(data_dir) / "styles", image_size)
+    content, users = _load(Path(data_dir), image_size, n_content)
+    return _score(methods, content, users, n_users, seed)
+
+
+def _score(
+    methods: dict[str, Method], content: Tensor, users: StyleUsers, n_users: int, seed: int
+) -> dict[str, dict[str, float]]:
     scores: dict[str, dict[str, list[float]]] = {name: {"swd": [], "ssim": []} for name in methods}
     for uid in users.user_ids[:n_users]:
         train, held = users.split(uid, holdout=HOLDOUT_PER_USER, seed=seed)
@@ -49,11 +54,9 @@ def evaluate(
 
 @torch.no_grad()
 def model_extras(
-    model: StyleModel, data_dir: Path, image_size: int, n_users: int = 8, n_content: int = 8, seeds: int = 3
+    model: StyleModel, content: Tensor, users: StyleUsers, n_users: int = 8, seeds: int = 3
 ) -> dict[str, float]:
     """What only a generative model has: diversity across noise seeds and style-code consistency."""
-    content = _content_batch(Path(data_dir), image_size, n_content)
-    users = StyleUsers(Path(data_dir) / "styles", image_size)
     div, cons = [], []
     for uid in users.user_ids[:n_users]:
         train, _ = users.split(uid, holdout=HOLDOUT_PER_USER)
@@ -70,12 +73,13 @@ def evaluate_model(
     """The full report: model vs baselines, plus the model-only metrics."""
     model.eval()
     methods: dict[str, Method] = {"model": model_method(model), **BASELINES}
+    content, users = _load(Path(data_dir), image_size, n_content)  # decoded once for both passes
     return {
         "image_size": image_size,
         "n_users": n_users,
         "n_content": n_content,
-        "methods": evaluate(methods, data_dir, image_size, n_users, n_content),
-        "model": model_extras(model, data_dir, image_size, n_users, n_content),
+        "methods": _score(methods, content, users, n_users, seed=0),
+        "model": model_extras(model, content, users, n_users),
     }
 
 
@@ -97,6 +101,7 @@ def write_report(report: dict, path: Path) -> None:
     path.write_text(json.dumps(report, indent=2))
 
 
-def _content_batch(data_dir: Path, image_size: int, n: int) -> Tensor:
+def _load(data_dir: Path, image_size: int, n_content: int) -> tuple[Tensor, StyleUsers]:
     folder = ContentFolder(data_dir / "content", image_size)
-    return torch.stack([folder[i]["image"] for i in range(min(n, len(folder)))])
+    content = torch.stack([folder[i]["image"] for i in range(min(n_content, len(folder)))])
+    return content, StyleUsers(data_dir / "styles", image_size)
