@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,12 @@ def generator_table(result: dict) -> str:
         ms, ips = r["ms_per_image"], r["images_per_s"]
         lines.append(f"{r['size']:>5} {r['batch']:>5} {r['dtype']:>5} {ms:>9.2f} {ips:>9.1f}")
     return "\n".join(lines)
+
+
+def latency_ms(seconds: list[float]) -> dict[str, float]:
+    """p50/p99/mean in milliseconds of a list of timings in seconds."""
+    q = statistics.quantiles([t * 1e3 for t in seconds], n=100, method="inclusive")
+    return {"p50": q[49], "p99": q[98], "mean": 1e3 * sum(seconds) / len(seconds), "n": len(seconds)}
 
 
 def write_result(result: dict, table: str, out_dir: Path) -> Path:

@@ -9,9 +9,13 @@ import click
 import torch
 import yaml
 
+from pstyle.cli_registry import registry
+from pstyle.cli_tune import bench_tune, tune
 from pstyle.config import PStyleConfig
+from pstyle.store import StoreError
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError)  # ImageError and CheckpointError are ValueErrors
+# ImageError, CheckpointError and RegistryError are ValueErrors; StoreError: a backend that keeps failing.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, StoreError)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,6 +53,10 @@ def with_config(fn):
 @click.group()
 def cli() -> None:
     """pstyle: personalized image style transfer."""
+
+
+cli.add_command(registry)
+cli.add_command(tune)
 
 
 @cli.group()
@@ -240,6 +248,9 @@ def bench() -> None:
     """Benchmarks (JSON + table)."""
 
 
+bench.add_command(bench_tune)
+
+
 @bench.command("generator")
 @click.option(
     "--out", "out_dir", default=Path("runs/bench"), show_default=True, type=click.Path(path_type=Path)
@@ -286,6 +297,35 @@ def bench_adapters_cmd(
         load_trials=load_trials,
     )
     table = adapters_table(result)
+    click.echo(table)
+    click.echo(f"wrote {write_result(result, table, out_dir)}")
+
+
+@bench.command("store")
+@click.option(
+    "--out", "out_dir", default=Path("runs/bench"), show_default=True, type=click.Path(path_type=Path)
+)
+@click.option("--trials", default=50, show_default=True)
+@click.option(
+    "--s3", "s3_uri", default=None, help="an s3://bucket/prefix to measure [default: a loopback moto_server]"
+)
+def bench_store_cmd(out_dir: Path, trials: int, s3_uri: str | None) -> None:
+    """Registry publish/load latency (p50/p99) of a rank-8 adapter, local folder and S3."""
+    import tempfile
+    from contextlib import ExitStack
+
+    from pstyle.bench import write_result
+    from pstyle.bench_store import bench_store, store_table
+    from pstyle.store import LocalStore, open_store
+    from pstyle.store.moto import loopback_s3_env
+
+    with ExitStack() as stack:
+        local = LocalStore(stack.enter_context(tempfile.TemporaryDirectory()))
+        if s3_uri is None:
+            stack.enter_context(loopback_s3_env("bench"))
+            s3_uri = "s3://bench/pstyle"
+        result = bench_store({"local": local, "s3": open_store(s3_uri)}, trials=trials)
+    table = store_table(result)
     click.echo(table)
     click.echo(f"wrote {write_result(result, table, out_dir)}")
 

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +9,7 @@ import pytest
 import torch
 
 from pstyle.config import ModelConfig, PStyleConfig
+from pstyle.store.moto import free_port, local_s3_server  # noqa: F401 - free_port is shared with test modules
 
 
 @pytest.fixture(autouse=True)
@@ -70,35 +66,11 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthesize(out, n_content=16, n_users=10, images_per_user=5, size=64, seed=0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """A real S3-compatible HTTP server (moto_server) on loopback, for the whole session."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with local_s3_server() as url:
+        yield url
 
 
 @pytest.fixture
@@ -109,3 +81,55 @@ def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return s3_server
+
+
+def make_bucket(endpoint: str) -> str:
+    """A fresh bucket on the S3 server, so tests never see each other's objects."""
+    import uuid
+
+    import boto3
+
+    name = f"pstyle-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test against both backends: a temp folder, and a fresh bucket on moto_server."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    endpoint = request.getfixturevalue("s3_env")
+    return f"s3://{make_bucket(endpoint)}/pre/fix"  # a nested prefix, as on a shared bucket
+
+
+@pytest.fixture
+def store(store_uri: str):  # noqa: ANN201 - a Store; imported lazily like the code under test does
+    from pstyle.store import open_store
+
+    return open_store(store_uri)
+
+
+ADAPTER_BASE_FINGERPRINT = "f" * 64
+
+
+@pytest.fixture
+def make_adapter(small_model_cfg: ModelConfig):  # noqa: ANN201 - a factory
+    """Save a small random non-zero adapter for `user` into a directory (for registry/serving tests)."""
+    from pstyle.adapters import AdapterConfig, inject_adapter
+    from pstyle.adapters.io import save_adapter
+    from pstyle.models.generator import Generator
+
+    def make(directory: Path, user: str, seed: int = 0, fingerprint: str = ADAPTER_BASE_FINGERPRINT) -> Path:
+        torch.manual_seed(seed)
+        gen = Generator(small_model_cfg)
+        inject_adapter(gen, user, AdapterConfig(rank=2))
+        for p in gen.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.1)
+        save_adapter(
+            directory, gen, user, {"user_id": user, "version": "local", "base_fingerprint": fingerprint}
+        )
+        return directory
+
+    return make

@@ -1,0 +1,124 @@
+"""An append-only event log (feedback ratings, A/B exposures) in the artifact store.
+
+Events are buffered and written as batches: one JSONL object per (kind, day) per flush, under
+Hive-style dated prefixes, `events/<kind>/date=YYYY-MM-DD/<time>-<random>.jsonl`. Objects are never
+rewritten, so concurrent writers (many Serve replicas) need no coordination, and a reader streaming
+a time range lists only the days it covers. `close()` (also run at interpreter exit) flushes, so a
+clean shutdown loses nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from pstyle.ids import validate_id
+from pstyle.store import Store
+
+PREFIX = "events"
+DAY = dt.timedelta(days=1)
+
+
+def _day(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
+
+
+class EventLog:
+    """Buffer events in memory and write them in batches of `batch_size` or every `flush_interval_s`."""
+
+    def __init__(self, store: Store, batch_size: int = 256, flush_interval_s: float = 5.0) -> None:
+        self.store = store
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self._buffer: list[dict[str, Any]] = []
+        self._oldest = 0.0
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    def append(self, kind: str, user_id: str, **fields: Any) -> dict[str, Any]:
+        """Record one event; returns it with its id and timestamp. Flushes when the batch is due."""
+        event = {
+            "kind": validate_id(kind, "event kind"),
+            "user_id": validate_id(user_id),
+            "ts": time.time(),
+            "id": uuid.uuid4().hex,
+            **fields,
+        }
+        with self._lock:
+            if not self._buffer:
+                self._oldest = event["ts"]
+            self._buffer.append(event)
+            due = len(self._buffer) >= self.batch_size or event["ts"] - self._oldest >= self.flush_interval_s
+        if due:
+            self.flush()
+        return event
+
+    def flush(self) -> int:
+        """Write everything buffered; returns how many events were written. On a store error the
+        events go back to the buffer, so a later flush retries them."""
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for event in batch:
+            groups.setdefault((event["kind"], _day(event["ts"])), []).append(event)
+        written = 0
+        try:
+            for (kind, day), events in groups.items():
+                stamp = dt.datetime.fromtimestamp(events[0]["ts"], dt.UTC).strftime("%H%M%S%f")
+                key = f"{PREFIX}/{kind}/date={day}/{stamp}-{uuid.uuid4().hex[:12]}.jsonl"
+                self.store.put_bytes(key, "".join(json.dumps(e) + "\n" for e in events).encode())
+                written += len(events)
+        except BaseException:
+            with self._lock:
+                unwritten = [e for events in groups.values() for e in events]
+                self._buffer = unwritten[written:] + self._buffer
+            raise
+        return written
+
+    def close(self) -> None:
+        if self._buffer:
+            self.flush()
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_events(
+    store: Store,
+    kind: str,
+    user_id: str | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Stream `kind` events in time order, optionally for one user and within [start, end)."""
+    prefix = f"{PREFIX}/{validate_id(kind, 'event kind')}/"
+    if user_id is not None:
+        validate_id(user_id)
+    days = None
+    if start is not None and end is not None:
+        first = dt.datetime.fromtimestamp(start, dt.UTC).date()
+        days = {
+            str(first + i * DAY)
+            for i in range((dt.datetime.fromtimestamp(end, dt.UTC).date() - first).days + 1)
+        }
+    keys = [k for k in store.list(prefix) if days is None or k[len(prefix) :].split("/")[0][5:] in days]
+    events = []
+    for key in keys:
+        for line in store.get_bytes(key).decode().splitlines():
+            event = json.loads(line)
+            if user_id is not None and event["user_id"] != user_id:
+                continue
+            if (start is not None and event["ts"] < start) or (end is not None and event["ts"] >= end):
+                continue
+            events.append(event)
+    yield from sorted(events, key=lambda e: e["ts"])

@@ -1,0 +1,57 @@
+"""The event log on both backends: batching, dated prefixes, streaming by user and time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pstyle.events import EventLog, read_events
+from pstyle.store import Store
+
+
+def test_batches_land_under_dated_prefixes(store: Store) -> None:
+    log = EventLog(store, batch_size=3, flush_interval_s=3600)
+    for i in range(7):
+        log.append("feedback", "alice" if i % 2 else "bob", image_id=f"img{i}", rating=1 + i % 5)
+    keys = list(store.list("events/feedback/"))
+    assert len(keys) == 2  # two full batches of 3; the 7th event is still buffered
+    assert all(k.split("/")[2].startswith("date=20") and k.endswith(".jsonl") for k in keys)
+    log.close()
+    events = list(read_events(store, "feedback"))
+    assert [e["image_id"] for e in events] == [f"img{i}" for i in range(7)]
+    assert [e["rating"] for e in read_events(store, "feedback", user_id="alice")] == [2, 4, 1]
+
+
+def test_time_range_and_kind_filters(store: Store) -> None:
+    with EventLog(store) as log:
+        first = log.append("exposure", "alice", experiment="exp1", variant="a")
+        second = log.append("exposure", "alice", experiment="exp1", variant="b")
+        log.append("feedback", "alice", rating=5)
+    assert [e["id"] for e in read_events(store, "exposure", start=second["ts"], end=second["ts"] + 1)] == [
+        second["id"]
+    ]
+    assert [e["id"] for e in read_events(store, "exposure", end=second["ts"])] == [first["id"]]
+    assert len(list(read_events(store, "feedback"))) == 1
+    assert list(read_events(store, "exposure", user_id="bob")) == []
+
+
+def test_hostile_kinds_and_users_rejected(store: Store) -> None:
+    log = EventLog(store)
+    with pytest.raises(ValueError, match="invalid user id"):
+        log.append("feedback", "../bob", rating=1)
+    with pytest.raises(ValueError, match="invalid event kind"):
+        log.append("a/b", "alice")
+    log.close()
+    assert list(store.list("events/")) == []
+
+
+def test_clean_exit_flushes_buffered_events(store_uri: str, store: Store) -> None:
+    script = (
+        "import sys\nfrom pstyle.events import EventLog\nfrom pstyle.store import open_store\n"
+        "log = EventLog(open_store(sys.argv[1]), batch_size=1000, flush_interval_s=3600)\n"
+        "for i in range(5): log.append('feedback', 'alice', rating=5)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, store_uri], check=True)
+    assert len(list(read_events(store, "feedback", user_id="alice"))) == 5
