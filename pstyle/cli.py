@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from pstyle.cli_registry import registry
+from pstyle.cli_serving import ab, users
 from pstyle.cli_tune import bench_tune, tune
 from pstyle.config import PStyleConfig
 from pstyle.store import StoreError
@@ -29,13 +30,18 @@ def resolve_device(name: str) -> torch.device:
 def load_config(path: Path | None, overrides: tuple[str, ...]) -> PStyleConfig:
     """Defaults, then a YAML/JSON file, then `--set section.key=value` overrides (YAML-typed)."""
     config = PStyleConfig.load(path) if path else PStyleConfig()
+    return config.with_overrides(parse_overrides(overrides))
+
+
+def parse_overrides(items: tuple[str, ...]) -> dict:
+    """`--set key=value` items as {key: value}, each value read as YAML (numbers, lists, null...)."""
     parsed = {}
-    for item in overrides:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects section.key=value, got {item!r}")
         parsed[key] = yaml.safe_load(value)
-    return config.with_overrides(parsed)
+    return parsed
 
 
 config_options = [
@@ -56,6 +62,8 @@ def cli() -> None:
 
 
 cli.add_command(registry)
+cli.add_command(users)
+cli.add_command(ab)
 cli.add_command(tune)
 
 
@@ -113,7 +121,14 @@ def train_base_cmd(
 @cli.command()
 @click.argument("content", type=click.Path(path_type=Path))
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--style", "style_paths", required=True, multiple=True, type=click.Path(path_type=Path))
+@click.option("--style", "style_paths", multiple=True, type=click.Path(path_type=Path))
+@click.option(
+    "--adapter",
+    "adapter_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="a user's adapter directory: its LoRA weights and learned style code replace --style",
+)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--seed", default=0, show_default=True)
@@ -134,15 +149,19 @@ def stylize(
     size: int | None,
     segmenter_weights: str | None,
     device: str,
+    adapter_dir: Path | None,
 ) -> None:
-    """Render CONTENT in the style of the --style images."""
+    """Render CONTENT in the style of the --style images, or with a user's --adapter."""
     from pstyle.inference import stylize_file
 
+    if bool(style_paths) == bool(adapter_dir):
+        raise ValueError("give either --style images or an --adapter directory")
     stylize_file(
         content,
         model_dir,
         list(style_paths),
         output,
+        adapter_dir=adapter_dir,
         strength=strength,
         seed=seed,
         mask=mask,
@@ -328,6 +347,17 @@ def bench_store_cmd(out_dir: Path, trials: int, s3_uri: str | None) -> None:
     table = store_table(result)
     click.echo(table)
     click.echo(f"wrote {write_result(result, table, out_dir)}")
+
+
+@bench.command("serve", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_serve_cmd(args: tuple[str, ...]) -> None:
+    """The Serve app over loopback HTTP (runs `python -m serve.bench ARGS`; see --help there)."""
+    import subprocess
+
+    if not Path("serve/bench.py").is_file():
+        raise FileNotFoundError("serve/bench.py not found: run `pstyle bench serve` from a pstyle checkout")
+    sys.exit(subprocess.call([sys.executable, "-m", "serve.bench", *args]))
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -168,3 +168,30 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 def _is_optional_str(hint: Any) -> bool:
     return isinstance(hint, types.UnionType) and set(hint.__args__) == {str, type(None)}
+
+
+@dataclass
+class ServeConfig:
+    """What a serving replica needs; `serve/config.yaml` passes it as `user_config`, so every field
+    can change at run time (`serve deploy` again) without restarting replicas."""
+
+    store: str | None = None  # folder or s3://bucket/prefix; None: $PSTYLE_STORE or ~/.pstyle
+    base: str = "base"  # base model name in the registry (what train-base --ray and tune publish)
+    base_ref: str = "production"  # alias or version of that base
+    adapter_alias: str = "production"  # which adapter version a user gets outside experiments
+    alias_ttl_s: float = 10.0  # how stale an alias resolution may be: new versions/rollbacks land within it
+    device_cache_bytes: int = 64 * 2**20  # adapters resident on the device (AdapterBank slots)
+    host_cache_bytes: int = 2 * 2**30  # spilled adapters in host memory (10,000 rank-8 need ~1.7 GiB)
+    shards: int = 64  # users hash into shards; a shard is the multiplexed id, for adapter locality
+    multiplex_by: str = "shard"  # or "user": Serve's per-model-id batching (one user per batch), to compare
+    size: int = 128  # default output shorter side
+    max_size: int = 512
+    max_upload_bytes: int = 10 * 2**20
+    max_pixels: int = 25_000_000  # decoded-pixel cap (decompression bombs), checked before decoding
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.01
+    event_flush_s: float = 2.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
+        return from_dict(cls, data)

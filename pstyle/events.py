@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import json
+import logging
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ from typing import Any
 from pstyle.ids import validate_id
 from pstyle.store import Store
 
+logger = logging.getLogger(__name__)
 PREFIX = "events"
 DAY = dt.timedelta(days=1)
 
@@ -32,14 +34,28 @@ def _day(ts: float) -> str:
 class EventLog:
     """Buffer events in memory and write them in batches of `batch_size` or every `flush_interval_s`."""
 
-    def __init__(self, store: Store, batch_size: int = 256, flush_interval_s: float = 5.0) -> None:
+    def __init__(
+        self, store: Store, batch_size: int = 256, flush_interval_s: float = 5.0, background: bool = False
+    ) -> None:
+        """`background` adds a thread that flushes every `flush_interval_s` even when no new event
+        arrives (a server's quiet periods); without it, flushes happen on append and close."""
         self.store = store
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self._buffer: list[dict[str, Any]] = []
         self._oldest = 0.0
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        if background:
+            threading.Thread(target=self._flush_periodically, daemon=True, name="event-flush").start()
         atexit.register(self.close)
+
+    def _flush_periodically(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            try:
+                self.flush()
+            except Exception:  # the events stay buffered; the next tick or close() retries
+                logger.exception("event flush failed")
 
     def append(self, kind: str, user_id: str, **fields: Any) -> dict[str, Any]:
         """Record one event; returns it with its id and timestamp. Flushes when the batch is due."""
@@ -82,6 +98,7 @@ class EventLog:
         return written
 
     def close(self) -> None:
+        self._stop.set()
         if self._buffer:
             self.flush()
         atexit.unregister(self.close)

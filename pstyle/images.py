@@ -41,8 +41,19 @@ class ImageError(ValueError):
         return f"{self.name}: {self.reason}"
 
 
-def open_image(source: str | Path | bytes, name: str | None = None, min_side: int = MIN_SIDE) -> Image.Image:
-    """Open a path or raw bytes as a fully decoded, upright, 8-bit RGB image, or raise ImageError."""
+def open_image(
+    source: str | Path | bytes,
+    name: str | None = None,
+    min_side: int = MIN_SIDE,
+    max_pixels: int | None = None,
+    single_frame: bool = False,
+) -> Image.Image:
+    """Open a path or raw bytes as a fully decoded, upright, 8-bit RGB image, or raise ImageError.
+
+    `max_pixels` refuses larger images from the header, before decoding (a server's bomb guard, far
+    below PIL's own limit); `single_frame` refuses animated and multi-page files instead of taking
+    their first frame.
+    """
     if isinstance(source, bytes):
         name = name or "<bytes>"
         data = source
@@ -57,9 +68,15 @@ def open_image(source: str | Path | bytes, name: str | None = None, min_side: in
         raise ImageError(name, "zero-byte file")
     try:
         img = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ImageError(name, f"too many pixels ({img.width}x{img.height}, the limit is {max_pixels})")
+        if single_frame and getattr(img, "n_frames", 1) > 1:
+            raise ImageError(name, f"animated or multi-page image ({img.n_frames} frames): send one frame")
         img.seek(0)  # first frame of animated GIF/WEBP/APNG
         img.load()  # decode now (PIL's LOAD_TRUNCATED_IMAGES is left False): truncation fails here
         img = ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
     except UnidentifiedImageError as e:
         raise ImageError(name, "not an image (cannot identify image file)") from e
     except Image.DecompressionBombError as e:

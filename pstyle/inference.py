@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pstyle.checkpoint import load_checkpoint
+from pstyle.adapters import load_adapter, set_active_adapter, style_code
+from pstyle.checkpoint import fingerprint, load_checkpoint
 from pstyle.data.folders import load_style_images
 from pstyle.images import load_mask, open_image, resize_shorter_side, save_image, to_tensor
 from pstyle.model import StyleModel
@@ -33,6 +34,7 @@ def region_mask(model: StyleModel, content: Tensor, mask: str | Path | None) -> 
     return torch.nn.functional.interpolate(user_mask, size=content.shape[-2:], mode="nearest")
 
 
+@torch.no_grad()
 def stylize_file(
     content_path: Path,
     model_dir: Path,
@@ -44,10 +46,13 @@ def stylize_file(
     size: int | None = None,
     device: torch.device | str = "cpu",
     segmenter_weights: str | None = None,
+    adapter_dir: Path | None = None,
 ) -> Tensor:
     """Stylize one image file with a base model; returns the output tensor (3,H,W).
 
     `segmenter_weights` (path or s3:// URI, safetensors) replaces the model's own segmenter.
+    `adapter_dir` renders with a user's adapter (its LoRA weights and learned style code) instead of
+    encoding `style_paths`: the offline twin of what the server returns for that user.
     """
     if size is not None and (size < 32 or size % DOWNSAMPLING):
         raise ValueError(f"--size must be a multiple of {DOWNSAMPLING} and at least 32, got {size}")
@@ -55,11 +60,19 @@ def stylize_file(
     if segmenter_weights:
         model.segmenter.load_weights(segmenter_weights)
     model.eval()
-    style_size = meta["config"]["train"]["image_size"]  # the encoder saw styles at this size
-    styles = load_style_images(style_paths, style_size).to(device)
     image = open_image(content_path)
     content = to_tensor(resize_shorter_side(image, size) if size else image)
     content = fit_to_stride(content).unsqueeze(0).to(device)
-    out = model.stylize(content, styles, seed=seed, strength=strength, mask=region_mask(model, content, mask))
+    region = region_mask(model, content, mask)
+    if adapter_dir is not None:
+        load_adapter(adapter_dir, model.generator, "user", fingerprint(model))
+        set_active_adapter(model.generator, "user")
+        code = style_code(model.generator, "user").detach().expand(content.shape[0], -1)
+        noise = model.generator.make_noise(content, seed)
+        out = model.generator(content, code, noise, strength=strength, mask=region).clamp(0, 1)
+    else:
+        style_size = meta["config"]["train"]["image_size"]  # the encoder saw styles at this size
+        styles = load_style_images(style_paths, style_size).to(device)
+        out = model.stylize(content, styles, seed=seed, strength=strength, mask=region)
     save_image(out[0].cpu(), output)
     return out[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -55,3 +56,13 @@ def test_clean_exit_flushes_buffered_events(store_uri: str, store: Store) -> Non
     )
     subprocess.run([sys.executable, "-c", script, store_uri], check=True)
     assert len(list(read_events(store, "feedback", user_id="alice"))) == 5
+
+
+def test_background_flush_without_new_events(store: Store) -> None:
+    log = EventLog(store, batch_size=1000, flush_interval_s=0.2, background=True)
+    log.append("feedback", "alice", rating=3)
+    deadline = time.monotonic() + 10
+    while not list(read_events(store, "feedback")):
+        assert time.monotonic() < deadline, "the background thread never flushed"
+        time.sleep(0.05)
+    log.close()

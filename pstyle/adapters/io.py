@@ -72,24 +72,29 @@ def read_adapter(path_dir: Path, base_fingerprint: str) -> AdapterFile:
     meta_path, tensors_path = directory / META_FILE, directory / TENSORS_FILE
     if not meta_path.is_file() or not tensors_path.is_file():
         raise AdapterError(f"{directory}: not an adapter (needs {META_FILE} and {TENSORS_FILE})")
+    return parse_adapter(meta_path.read_bytes(), tensors_path.read_bytes(), base_fingerprint, str(directory))
+
+
+def parse_adapter(meta_bytes: bytes, tensor_bytes: bytes, base_fingerprint: str, where: str) -> AdapterFile:
+    """Verify an adapter given as its two files' bytes (e.g. straight from the registry); `where`
+    names it in errors."""
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_bytes)
         config = AdapterConfig.from_dict(meta["adapter"])
         recorded_fp, recorded_hash = meta["base_fingerprint"], meta["sha256"]
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise AdapterError(f"{meta_path}: unreadable adapter metadata: {exc!r}") from exc
+        raise AdapterError(f"{where}: unreadable adapter metadata: {exc!r}") from exc
     if recorded_fp != base_fingerprint:
         raise AdapterError(
-            f"{directory}: adapter for user {meta.get('user_id')!r} was trained on base model "
+            f"{where}: adapter for user {meta.get('user_id')!r} was trained on base model "
             f"{recorded_fp[:12]}…, not on this base model {base_fingerprint[:12]}…; retrain it on this base"
         )
-    data = tensors_path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != recorded_hash:
-        raise AdapterError(f"{tensors_path}: contents do not match the sha256 in {META_FILE} (corrupt)")
+    if hashlib.sha256(tensor_bytes).hexdigest() != recorded_hash:
+        raise AdapterError(f"{where}: {TENSORS_FILE} does not match the sha256 in {META_FILE} (corrupt)")
     try:
-        state = load_tensors(data)
+        state = load_tensors(tensor_bytes)
     except Exception as exc:  # safetensors raises several types for malformed files
-        raise AdapterError(f"{tensors_path}: not a valid safetensors file: {exc}") from exc
+        raise AdapterError(f"{where}: {TENSORS_FILE} is not a valid safetensors file: {exc}") from exc
     return AdapterFile(state, config, meta)
 
 
