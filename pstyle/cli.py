@@ -9,14 +9,16 @@ import click
 import torch
 import yaml
 
+from pstyle.cli_adapters import bench_adapters_train, personalize_ray, with_ray_personalize_options
 from pstyle.cli_registry import registry
 from pstyle.cli_serving import ab, users
+from pstyle.cli_train import bench_train, train_base_ray, with_ray_options
 from pstyle.cli_tune import bench_tune, tune
 from pstyle.config import PStyleConfig
 from pstyle.store import StoreError
 
 # ImageError, CheckpointError and RegistryError are ValueErrors; StoreError: a backend that keeps failing.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, StoreError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, StoreError)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,15 +107,30 @@ def config_show(config_path: Path | None, overrides: tuple[str, ...]) -> None:
 @click.option(
     "--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="checkpoint folder (required without --ray; with --ray the final checkpoint is copied there)",
+)
 @click.option("--device", default="auto", show_default=True)
 @with_config
+@with_ray_options
 def train_base_cmd(
-    data_dir: Path, out_dir: Path, device: str, config_path: Path | None, overrides: tuple[str, ...]
+    data_dir: Path,
+    out_dir: Path | None,
+    device: str,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    **ray_opts,
 ) -> None:
-    """Train the base model (resumes from OUT's last checkpoint)."""
+    """Train the base model (resumes from OUT's last checkpoint; with --ray, from run NAME's)."""
     from pstyle.train import train_base
 
+    if ray_opts["use_ray"]:
+        return train_base_ray(load_config(config_path, overrides), data_dir, out_dir, **ray_opts)
+    if out_dir is None:
+        raise click.UsageError("--out is required without --ray")
     train_base(load_config(config_path, overrides), data_dir, out_dir, str(resolve_device(device)))
     click.echo(f"checkpoint in {out_dir}")
 
@@ -174,13 +191,22 @@ def stylize(
 
 @cli.command()
 @click.option(
-    "--base", "base_dir", required=True, type=click.Path(path_type=Path), help="base checkpoint dir"
+    "--base",
+    "base_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="base checkpoint dir (with --ray: NAME[@alias|version] in the registry)",
 )
-@click.option("--user", "user_id", required=True)
+@click.option("--user", "user_id", help="required without --ray")
 @click.option(
-    "--styles", "styles_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+    "--styles",
+    "styles_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="required without --ray",
 )
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="required without --ray"
+)
 @click.option(
     "--feedback", "feedback_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
@@ -192,16 +218,24 @@ def stylize(
     help="content images to train on (default: procedural scenes)",
 )
 @click.option("--steps", default=None, type=int)
+@with_ray_personalize_options
 def personalize(
     base_dir: Path,
-    user_id: str,
-    styles_dir: Path,
-    out_dir: Path,
+    user_id: str | None,
+    styles_dir: Path | None,
+    out_dir: Path | None,
     feedback_path: Path | None,
     content_dir: Path | None,
     steps: int | None,
+    **ray_opts,
 ) -> None:
-    """Fine-tune USER's adapter on their style images; prints before/after held-out metrics."""
+    """Fine-tune USER's adapter on their style images; prints before/after held-out metrics.
+
+    With --ray: every user of --users, on Ray Train, published to the registry (alias candidate)."""
+    if ray_opts["use_ray"]:
+        return personalize_ray(str(base_dir), steps, **ray_opts)
+    if not (user_id and styles_dir and out_dir):
+        raise click.UsageError("--user, --styles and --out are required without --ray")
     from pstyle.checkpoint import read_meta
     from pstyle.data.folders import ContentFolder, load_style_images
     from pstyle.data.synth import scene_tensors
@@ -254,12 +288,18 @@ def eval_cmd(model_dir: Path, data_dir: Path, out_path: Path | None, users: int,
 @click.option(
     "--out", "out_dir", default=Path("runs/demo"), show_default=True, type=click.Path(path_type=Path)
 )
-@click.option("--tiny", is_flag=True, help="a reduced run (seconds), for tests")
-def demo(out_dir: Path, tiny: bool) -> None:
-    """Run the whole pipeline end to end on the embedded default."""
+@click.option("--tiny", is_flag=True, help="a reduced run (toy sizes), for tests")
+@click.option(
+    "--store",
+    "store_uri",
+    default=None,
+    help="artifact store (folder or s3://bucket/prefix); default OUT/store",
+)
+def demo(out_dir: Path, tiny: bool, store_uri: str | None) -> None:
+    """Run the whole pipeline end to end: data, Tune, Ray Train, adapters, Serve + A/B, report.html."""
     from pstyle.demo import run_demo
 
-    run_demo(out_dir, tiny=tiny, log=click.echo)
+    run_demo(out_dir, tiny=tiny, store=store_uri, log=click.echo)
 
 
 @cli.group()
@@ -268,6 +308,8 @@ def bench() -> None:
 
 
 bench.add_command(bench_tune)
+bench.add_command(bench_train)
+bench.add_command(bench_adapters_train)
 
 
 @bench.command("generator")

@@ -1,85 +1,272 @@
-"""`pstyle demo`: the pipeline end to end on the embedded default (local folder, synthetic data, CPU ok).
+"""`pstyle demo`: the whole pipeline end to end on the embedded default, through the cluster code paths.
 
-Stages run in order, each timed; later stages (Tune, Train, Serve, A/B) join as they are built.
+Stages, each timed (a local Ray instance stands in for the cluster; the store is a folder under the
+output, or `--store s3://...`):
+
+  1 data       synthetic content scenes and style users (`pstyle.data.synth`)
+  2 tune       a multi-objective Ray Tune search with ASHA (`pstyle.tuning.run_search`)
+  3 train      Ray Train data-parallel base training from the chosen config
+               (`pstyle.train_ray.run_base_training`); the result becomes base `production`
+  4 adapters   a Ray Train adapter job for the demo users (`pstyle.adapter_jobs.run_adapter_job`),
+               aliased `production`; then a second job with a longer schedule, aliased `candidate`
+  5 serve      the Serve app over real HTTP: every user's requests, then an A/B experiment of
+               production vs candidate with simulated ratings (`serve/demo_traffic.py`, a subprocess:
+               the core never imports `serve/`), reported; the winner, if any, is promoted
+  6 report     `report.html` (`pstyle.demo_report`)
+
+`--tiny` runs the same stages on toy sizes (the test suite's end-to-end check).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
+from pstyle.config import PStyleConfig, cpu_preset
+from pstyle.tune_config import Param, TuneConfig
 
-from pstyle.checkpoint import load_checkpoint
-from pstyle.config import cpu_preset
-from pstyle.data.folders import ContentFolder, StyleUsers
-from pstyle.data.synth import synthesize
-from pstyle.evaluate import evaluate_model, format_table, write_report
-from pstyle.images import save_image
-from pstyle.train import HOLDOUT_PER_USER, train_base
+Log = Callable[[str], None]
+MARKER = ".pstyle-demo"  # marks a folder the demo made, so a rerun may clear it
+REPO = Path(__file__).resolve().parents[1]  # serve/ lives beside pstyle/ (editable install, image)
 
 
 @dataclass
 class DemoPlan:
-    """How big each stage is: the full demo and the `--tiny` one used by the tests."""
+    """How big each stage is: the full demo and the `--tiny` one the tests run."""
 
     image_size: int = 64
     n_content: int = 32
-    n_users: int = 16
-    steps: int = 200
-    demo_users: int = 3
+    n_users: int = 8  # synthetic style users
+    images_per_user: int = 6
+    demo_users: int = 4  # users who get adapters and send traffic
+    tune_trials: int = 6
+    tune_iterations: int = 4
+    tune_steps: int = 10  # steps per Tune iteration
+    base_steps: int = 300
+    workers: int = 2  # Ray Train workers (base and adapters)
+    adapter_steps: int = 40  # production adapters
+    candidate_steps: int = 100  # candidate adapters (the A/B treatment)
+    requests: int = 6  # per user, before the experiment
+    ab_requests: int = 16  # per cohort user, during the experiment: 2 users x 16 = 32 ratings per arm
 
     @classmethod
     def tiny(cls) -> DemoPlan:
-        return cls(image_size=32, n_content=8, n_users=8, steps=4, demo_users=3)
+        return cls(image_size=32, n_content=8, n_users=4, images_per_user=5, demo_users=3, tune_trials=2,
+                   tune_iterations=2, tune_steps=2, base_steps=4, adapter_steps=3, candidate_steps=4,
+                   requests=2, ab_requests=3)  # fmt: skip
 
 
-def run_demo(out: Path, tiny: bool = False, log: Callable[[str], None] = print) -> dict[str, float]:
+def tune_config(plan: DemoPlan, store: str, data_dir: Path, name: str) -> TuneConfig:
+    """The demo's search: learning rates and two loss weights around the CPU preset."""
+    return TuneConfig(
+        name=name,
+        store=store,
+        data=str(data_dir),
+        search="optuna",
+        scheduler="asha",
+        num_samples=plan.tune_trials,
+        iterations=plan.tune_iterations,
+        steps_per_iteration=plan.tune_steps,
+        grace_period=1,
+        reduction_factor=2,
+        eval_users=min(4, plan.n_users),
+        eval_content=min(8, plan.n_content),
+        base=cpu_preset(plan.image_size),
+        space={
+            "train.lr_g": Param(2e-4, 3e-3, log=True),
+            "train.lr_d": Param(2e-4, 3e-3, log=True),
+            "loss.content": Param(0.1, 1.0, log=True),
+            "loss.style": Param(100.0, 1000.0, log=True),
+        },
+    )
+
+
+def prepare_out(out: Path) -> None:
+    """A fresh output folder: refuses to clear a non-empty folder the demo did not make."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise FileExistsError(
+                f"{out} is not empty and was not made by `pstyle demo`: remove it or choose another --out"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by pstyle demo; rerunning the demo clears this folder\n")
+
+
+def run_demo(out: Path, tiny: bool = False, store: str | None = None, log: Log = print) -> dict[str, float]:
     """Run every stage into `out`; returns seconds per stage."""
+    import ray
+
     plan = DemoPlan.tiny() if tiny else DemoPlan()
-    out = Path(out)
+    out = Path(out).resolve()
+    prepare_out(out)
+    run = time.strftime("demo-%Y%m%d-%H%M%S")  # names in the store: a shared S3 store keeps every run
+    store = store or str(out / "store")
     timings: dict[str, float] = {}
+    state: dict[str, Any] = {"plan": asdict(plan), "run": run, "store": store}
 
     def stage(name: str, fn: Callable[[], object]) -> None:
-        log(f"== {name}")
+        log(f"== [{len(timings) + 1}/6] {name}")
         start = time.perf_counter()
         fn()
         timings[name] = time.perf_counter() - start
         log(f"   {name}: {timings[name]:.1f} s")
 
-    data_dir, base_dir = out / "data", out / "base"
-    size = plan.image_size
-    stage(
-        "synthetic data", lambda: synthesize(data_dir, plan.n_content, plan.n_users, 6, max(size, 64), seed=0)
-    )
-    stage(
-        "train base",
-        lambda: train_base(cpu_preset(plan.image_size, plan.steps), data_dir, base_dir, progress=True),
-    )
-
-    def evaluate_stage() -> None:
-        model, _ = load_checkpoint(base_dir)
-        report = evaluate_model(model, data_dir, size, n_users=min(8, plan.n_users), n_content=8)
-        write_report(report, out / "eval.json")
-        log(format_table(report))
-
-    stage("evaluate", evaluate_stage)
-    stage("stylize users", lambda: write_user_grids(base_dir, data_dir, out / "users", size, plan.demo_users))
+    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False)
+    try:
+        stage("data", lambda: make_data(plan, out / "data"))
+        stage("tune", lambda: state.update(tune_stage(plan, store, out / "data", run, log)))
+        stage("train", lambda: state.update(train_stage(plan, store, out / "data", run, state, log)))
+        stage("adapters", lambda: state.update(adapter_stage(plan, store, out, run, log)))
+        stage("serve", lambda: state.update(serve_stage(plan, store, out, run, state, log)))
+        stage("report", lambda: state.update(report_stage(plan, store, out, state, timings)))
+    finally:
+        ray.shutdown()
+    (out / "demo.json").write_text(json.dumps({**state, "timings": timings}, indent=1, default=str))
     log("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    log(f"total {sum(timings.values()):.1f} s; report: {out / 'report.html'}")
     return timings
 
 
-@torch.no_grad()
-def write_user_grids(base_dir: Path, data_dir: Path, out: Path, size: int, n_users: int) -> None:
-    """Per user one PNG row: content | style images | output | subject-only | background-only."""
-    model, _ = load_checkpoint(base_dir)
-    model.eval()
-    content = ContentFolder(data_dir / "content", size)[0]["image"].unsqueeze(0)
-    users = StyleUsers(data_dir / "styles", size)
-    subject = model.subject_mask(content)  # same content for every user: segment once
-    for uid in users.user_ids[:n_users]:
-        styles, _ = users.split(uid, holdout=HOLDOUT_PER_USER)
-        outputs = [model.stylize(content, styles, mask=m)[0] for m in (None, subject, 1 - subject)]
-        save_image(torch.stack([content[0], *styles[:3], *outputs]), out / f"{uid}.png", nrow=8)
+def make_data(plan: DemoPlan, data_dir: Path) -> None:
+    from pstyle.data.synth import synthesize
+
+    synthesize(data_dir, plan.n_content, plan.n_users, plan.images_per_user, max(plan.image_size, 64), seed=0)
+
+
+def tune_stage(plan: DemoPlan, store: str, data_dir: Path, run: str, log: Log) -> dict[str, Any]:
+    from pstyle.tuning import run_search
+
+    cfg = tune_config(plan, store, data_dir, f"{run}-tune")
+    summary = run_search(cfg, log=log)
+    chosen = {key: summary["chosen"][key] for key in cfg.space}
+    return {"tune": {"name": cfg.name, "chosen": chosen, "version": summary["version"],
+                     "outputs": summary["outputs"]}}  # fmt: skip
+
+
+def train_stage(
+    plan: DemoPlan, store: str, data_dir: Path, run: str, state: dict[str, Any], log: Log
+) -> dict[str, Any]:
+    """Base training from the search's chosen configuration, published and made `production`."""
+    from pstyle.registry import Registry
+    from pstyle.store import open_store
+    from pstyle.train_ray import run_base_training
+
+    config: PStyleConfig = cpu_preset(plan.image_size, plan.base_steps).with_overrides(
+        state["tune"]["chosen"]
+    )
+    outcome = run_base_training(
+        config, data_dir, store, name=f"{run}-base", workers=plan.workers, max_failures=1, log=log
+    )
+    Registry(open_store(store)).set_alias("base", "base", "production", outcome.version.number)
+    return {"base": {"version": outcome.version.number, "step": outcome.step, "config": config.to_dict()}}
+
+
+def demo_users(plan: DemoPlan, data_dir: Path) -> list[str]:
+    return sorted(p.name for p in (data_dir / "styles").iterdir() if p.is_dir())[: plan.demo_users]
+
+
+def adapter_stage(plan: DemoPlan, store: str, out: Path, run: str, log: Log) -> dict[str, Any]:
+    """Two adapter jobs over the demo users: `production` (short schedule) and `candidate` (longer)."""
+    from pstyle.adapter_jobs import run_adapter_job
+    from pstyle.personalize import PersonalizeConfig
+    from pstyle.registry import Registry
+    from pstyle.store import open_store
+
+    users = out / "users"
+    for user in demo_users(plan, out / "data"):
+        shutil.copytree(out / "data" / "styles" / user, users / user)
+    registry = Registry(open_store(store))
+    jobs = {}
+    for alias, steps in (("production", plan.adapter_steps), ("candidate", plan.candidate_steps)):
+        cfg = PersonalizeConfig(steps=steps, eval_every=max(1, steps // 4))
+        summary = run_adapter_job(users, "base@production", store, workers=plan.workers,
+                                  name=f"{run}-adapters-{alias}", personalize=cfg, log=log)  # fmt: skip
+        if summary["failed"] or summary["skipped"]:
+            raise RuntimeError(
+                f"adapter job {summary['job']}: failed {summary['failed']}, skipped {summary['skipped']}"
+            )
+        for user in summary["published"]:
+            registry.set_alias("adapter", user, alias, summary["users"][user]["version"])
+        jobs[alias] = {u: {k: r[k] for k in ("version", "before", "after", "seconds")}
+                       for u, r in summary["users"].items()}  # fmt: skip
+    return {"adapters": jobs, "manifest": summary["manifest"]}
+
+
+def balanced_experiment(users: list[str], run: str) -> dict[str, Any]:
+    """The A/B experiment (production vs candidate, all demo users). Assignment is a hash of the
+    experiment name and the user, so a handful of users can split 4:0; take the first name suffix
+    that splits them evenly (arm sizes differ by at most one)."""
+    from collections import Counter
+
+    from pstyle.experiments import Experiment, Variant, assign
+
+    variants = (Variant("production", "production"), Variant("candidate", "candidate"))
+    for attempt in range(1000):
+        exp = Experiment(f"{run}-ab{attempt}", variants, users=tuple(users))
+        sizes = Counter(assign(exp, u).name for u in users)
+        if len(sizes) == 2 and max(sizes.values()) - min(sizes.values()) <= 1:
+            data = exp.to_dict()
+            data.pop("created")
+            return data
+    raise RuntimeError("no experiment name splits the cohort evenly")
+
+
+def serve_stage(
+    plan: DemoPlan, store: str, out: Path, run: str, state: dict[str, Any], log: Log
+) -> dict[str, Any]:
+    """Keys for the users and an admin, then `serve/demo_traffic.py` on this Ray cluster."""
+    import ray
+
+    from pstyle.auth import create_user
+    from pstyle.experiments import ExperimentError, format_report, promote
+    from pstyle.images import list_images
+    from pstyle.registry import Registry
+    from pstyle.store import open_store
+
+    store_obj = open_store(store)
+    users = sorted(state["adapters"]["production"])
+    keys = {u: create_user(store_obj, u) for u in users}
+    content = list_images(out / "data" / "content" / "images")[:4]
+    spec = {
+        "store": store,
+        "size": plan.image_size,
+        "keys": keys,
+        "admin_key": create_user(store_obj, f"{run}-admin", admin=True),
+        "content": [str(p) for p in content],
+        "manifest": state["manifest"],
+        "requests": plan.requests,
+        "ab_requests": plan.ab_requests,
+        "ab": balanced_experiment(users, run),
+    }
+    spec_path = out / "serve-spec.json"
+    spec_path.touch(mode=0o600)  # it holds API keys
+    spec_path.write_text(json.dumps(spec, indent=1))
+    cmd = [sys.executable, "-m", "serve.demo_traffic", "--spec", str(spec_path), "--out", str(out),
+           "--address", ray.get_runtime_context().gcs_address]  # fmt: skip
+    subprocess.run(cmd, cwd=REPO, check=True)
+    serving = json.loads((out / "serving.json").read_text())
+    log(format_report(serving["ab_report"]))
+    result: dict[str, Any] = {"experiment": spec["ab"]["name"], "verdict": serving["ab_report"]["verdict"]}
+    try:
+        result["promoted"] = promote(store_obj, Registry(store_obj), spec["ab"]["name"])
+    except ExperimentError as exc:  # no significant winner: production stays
+        result["promoted"] = None
+        log(f"not promoted: {exc}")
+    return {"serve": result}
+
+
+def report_stage(
+    plan: DemoPlan, store: str, out: Path, state: dict[str, Any], timings: dict[str, float]
+) -> dict[str, Any]:
+    from pstyle.demo_report import write_report
+
+    return {"report": str(write_report(out, store, state, timings, plan.image_size))}

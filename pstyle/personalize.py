@@ -1,24 +1,38 @@
 """Per-user fine-tuning: one low-rank adapter (plus a learned style code) over the frozen base.
 
 The personalization loss for one user:
+  patch SWD                      sliced Wasserstein distance between Laplacian-pyramid 7x7 patches of
+                                 the outputs and of the user's training style images: the statistic
+                                 the held-out metric (`metrics.swd`) measures, made differentiable.
+                                 Without it the feature-space terms below kept falling while held-out
+                                 SWD rose for 3 users in 4 (docs/benchmarks.md, "Personalization");
   style + content + adversarial  the base objective's terms (weights from the base checkpoint),
                                  with the user's training style images as the only style target;
                                  the discriminator is the base's, frozen (FreezeD, Mo et al. 2020:
                                  a few images are too few to fine-tune D without it memorising them);
+  sliced_wasserstein             the same distribution match in the random-feature space;
   feedback                       outputs the user rated: high ratings join the style targets,
                                  low ratings must end up farther away than the user's own style;
   regularisation                 L2 on the adapter weights and a pull toward the base output, so a
                                  handful of images cannot drag the generator anywhere it likes;
   early stopping                 on the user's held-out style images (SWD), keeping the best state.
+
+Several users can train together (`GroupPersonalizer`): one optimizer step advances every user of
+the group, with their samples in one batch, each through its own adapter.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,18 +46,24 @@ from pstyle.adapters import (
     adapter_state_dict,
     inject_adapter,
     load_adapter_state,
+    lora_layers,
     save_adapter,
     set_active_adapter,
     style_code,
 )
+from pstyle.adapters.lora import PerSample
 from pstyle.checkpoint import fingerprint, load_checkpoint
 from pstyle.config import LossConfig, PStyleConfig, from_dict
 from pstyle.images import load_image
-from pstyle.metrics import ssim, swd
+from pstyle.metrics import laplacian_pyramid, ssim, swd
 from pstyle.model import StyleModel
 from pstyle.models.features import FeatureExtractor, gram
 
 THUMBS = {"up": 5, "down": 1}
+ForwardMode = Literal["mixed", "grouped"]
+SWD_PATCH = 7  # patch side of the SWD descriptors, as `metrics.swd`
+SWD_MIN_RES = 16  # coarsest pyramid level, as `metrics.swd`
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -52,10 +72,14 @@ class PersonalizeConfig:
 
     steps: int = 100
     lr: float = 5e-3  # JoJoGAN fine-tunes at 2e-3; zero-initialised low-rank updates take a larger step
+    code_lr: float = 2e-2  # the style code is one vector steering every AdaIN at once: a larger step
+    schedule: str = "cosine"  # "cosine": both learning rates decay to 0 at `steps`; or "constant"
     batch_size: int = 8
     holdout: int = 2  # style images kept out of training for early stopping and before/after metrics
     eval_every: int = 20
+    eval_seeds: int = 2  # noise/patch seeds averaged by every held-out score: 2 held-out images are noisy
     patience: int = 3  # evaluations without improvement before stopping
+    patch_swd: float = 10.0  # pixel-space patch SWD to the training style images (the metric's statistic)
     sliced_wasserstein: float = 100.0  # distribution-level texture term on top of the base's Gram term
     feedback: float = 1.0  # weight of the rating-driven terms
     feedback_margin: float = 0.1  # disliked outputs must be this much (relatively) farther than the style
@@ -64,6 +88,12 @@ class PersonalizeConfig:
     seed: int = 0
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.eval_seeds < 1:
+            raise ValueError(f"eval_seeds must be >= 1, got {self.eval_seeds}")
+
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in vars(self).items() if k != "adapter"}
         return {**data, "adapter": self.adapter.to_dict()}
@@ -71,6 +101,19 @@ class PersonalizeConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PersonalizeConfig:
         return from_dict(cls, data)
+
+
+def parse_rating(value: Any) -> float | None:
+    """A rating 1-5, "up" (5) or "down" (1) as a number; None for anything else."""
+    value = THUMBS.get(value, value) if isinstance(value, str) else value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= 5:
+        return None
+    return float(value)
+
+
+def rating_weight(rating: float) -> float:
+    """A rating 1-5 as a feedback weight in [-1, 1]: liked > 0 pulls, disliked < 0 pushes."""
+    return (rating - 3) / 2
 
 
 @dataclass
@@ -95,11 +138,11 @@ class Feedback:
             raise ValueError(f"{path.name}: not JSON or JSONL: {exc}") from None
         images, weights = [], []
         for i, row in enumerate(rows):
-            rating = THUMBS.get(row.get("rating"), row.get("rating")) if isinstance(row, dict) else None
-            if not isinstance(rating, int | float) or not 1 <= rating <= 5 or "image" not in row:
+            rating = parse_rating(row.get("rating")) if isinstance(row, dict) else None
+            if rating is None or "image" not in row:
                 raise ValueError(f"{path.name}: entry {i} needs an image and a rating 1-5, 'up' or 'down'")
             images.append(load_image(path.parent / row["image"], size))
-            weights.append((rating - 3) / 2)
+            weights.append(rating_weight(rating))
         if not images:
             raise ValueError(f"{path.name}: no feedback entries")
         return cls(torch.stack(images), torch.tensor(weights, dtype=torch.float32))
@@ -126,113 +169,339 @@ def feedback_loss(
     return total / len(out_grams)
 
 
-class Personalizer:
-    """Fine-tunes adapter `user_id` on a copy of the base generator; the base model is untouched."""
+def patch_swd_loss(out: Tensor, target_pyramid: list[Tensor], patches_per_image: int = 128,
+                   n_directions: int = 64) -> Tensor:  # fmt: skip
+    """Differentiable `metrics.swd`: sliced Wasserstein-1 between random 7x7x3 Laplacian-pyramid
+    patches of `out` (B, 3, S, S) and of a target set (its pyramid, precomputed), averaged over levels.
+
+    As in the metric, each patch set is normalised per colour channel by its own statistics, so the
+    term matches the shape of local texture distributions at every scale, not just mean colours.
+    Patch positions and directions are fresh each call (global RNG): an unbiased stochastic estimate.
+    """
+    levels = laplacian_pyramid(out, SWD_MIN_RES)
+    total = out.new_zeros(())
+    for lo, lt in zip(levels, target_pyramid, strict=True):
+        n = len(lo) * patches_per_image
+        da, db = _random_patches(lo, n), _random_patches(lt, n)
+        dirs = F.normalize(torch.randn(da.shape[1], n_directions, device=out.device, dtype=out.dtype), dim=0)
+        total = total + ((da @ dirs).sort(dim=0).values - (db @ dirs).sort(dim=0).values).abs().mean()
+    return total / len(levels)
+
+
+def _random_patches(level: Tensor, n: int) -> Tensor:
+    """n random 7x7x3 neighbourhoods of (B, 3, H, W) as (n, 147), each channel normalised over the set."""
+    b, c, h, w = level.shape
+    r, dev = SWD_PATCH // 2, level.device
+    offsets = torch.arange(-r, r + 1, device=dev)
+    img = torch.randint(b, (n,), device=dev)
+    ys = torch.randint(r, h - r, (n, 1), device=dev) + offsets  # (n, 7) rows of each patch
+    xs = torch.randint(r, w - r, (n, 1), device=dev) + offsets
+    chan = torch.arange(c, device=dev)[None, :, None, None]
+    patches = level[
+        img[:, None, None, None], chan, ys[:, None, :, None], xs[:, None, None, :]
+    ]  # (n, c, 7, 7)
+    patches = patches - patches.mean(dim=(0, 2, 3), keepdim=True)
+    patches = patches / patches.std(dim=(0, 2, 3), correction=0, keepdim=True).clamp_min(1e-6)
+    return patches.flatten(1)
+
+
+@dataclass
+class _Targets:
+    """One user's fixed loss targets, computed once from their training style images."""
+
+    feats: list[Tensor]  # random-feature maps of the training images, shallow to deep
+    grams: list[Tensor]  # their mean centred Gram per level, (1, C, C)
+    pyramid: list[Tensor]  # Laplacian pyramid of the training images (patch SWD)
+    feedback: Feedback | None
+    feedback_feats: list[Tensor] | None
+
+
+@contextmanager
+def _routed(generator: torch.nn.Module, routes: dict[str, PerSample]) -> Iterator[None]:
+    """Per-sample adapter routes on the generator's LoRA layers for one forward, cleared afterwards."""
+    layers = lora_layers(generator)
+    for name, route in routes.items():
+        layers[name].route = route
+    try:
+        yield
+    finally:
+        for name in routes:
+            layers[name].route = None
+
+
+def holdout_split(images: Tensor, user_id: str, holdout: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """(train, held-out) style images of a user: a permutation keyed by (seed, user id), so a user's
+    split is the same whichever group it trains in (and can be reproduced to check an adapter)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(user_id.encode()))
+    order = torch.randperm(len(images), generator=gen)
+    return images[order[holdout:]], images[order[:holdout]]
+
+
+def _lr_factor(schedule: str, steps: int, step: int) -> float:
+    """Learning-rate multiplier after `step` optimizer steps: cosine decay to 0 at `steps`, or 1."""
+    return 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)) if schedule == "cosine" else 1.0
+
+
+class GroupPersonalizer:
+    """Fine-tunes one adapter per user for a group of users on one copy of the base generator.
+
+    Each user has their own adapter, style code, held-out split, loss targets and early stopping;
+    only the forward passes are shared. `forward` says how a batch holding several users' samples
+    runs the generator:
+      "mixed"    one pass, each sample through its own user's adapter: the AdapterBank's per-sample
+                 route (`PerSample`), built from the live adapter parameters so gradients flow;
+      "grouped"  one pass per user, with that user's adapter active, concatenated.
+    Everything around the generator (the base pass, features, discriminator) runs once on the whole
+    batch either way. A group of one always uses the plain single-adapter path. The base model is
+    untouched: adapters are injected into a deep copy of its generator.
+    """
+
+    def __init__(
+        self,
+        base: StyleModel,
+        base_config: PStyleConfig,
+        cfg: PersonalizeConfig,
+        user_ids: list[str],
+        forward: ForwardMode = "mixed",
+    ) -> None:
+        if not user_ids or len(set(user_ids)) != len(user_ids):
+            raise ValueError(f"need distinct user ids, got {user_ids}")
+        if forward not in ("mixed", "grouped"):
+            raise ValueError(f"forward must be 'mixed' or 'grouped', got {forward!r}")
+        if forward == "mixed" and len(user_ids) > 1 and cfg.adapter.dropout > 0:
+            raise ValueError("the mixed forward does not apply adapter dropout: use forward='grouped'")
+        self.base = base.eval().requires_grad_(False)
+        self.cfg, self.user_ids, self.forward = cfg, list(user_ids), forward
+        self.loss_weights: LossConfig = base_config.loss
+        self.features = FeatureExtractor(base_config.features).to(next(base.parameters()).device)
+        self.generator = copy.deepcopy(base.generator)  # adapters are injected here, never into `base`
+        self.base_fingerprint = fingerprint(base)
+
+    # --- forward passes ----------------------------------------------------------------------------
+    def _render(self, content: Tensor, codes: Tensor, noise: Tensor, users: list[str] | None) -> Tensor:
+        """The generator on a batch of len(users) equal slices, slice i through users[i]'s adapter
+        (users None: the base generator alone)."""
+        gen = self.generator
+        if users is None or len(users) == 1:
+            set_active_adapter(gen, None if users is None else users[0])
+            return gen(content, codes, noise)
+        n = len(content) // len(users)
+        if self.forward == "grouped":
+            outs = []
+            for i, user in enumerate(users):
+                set_active_adapter(gen, user)
+                part = slice(i * n, (i + 1) * n)
+                outs.append(gen(content[part], codes[part], noise[part]))
+            return torch.cat(outs)
+        set_active_adapter(gen, None)
+        sample_user = torch.arange(len(users), device=content.device).repeat_interleave(n)
+        routes = {}
+        for name, layer in lora_layers(gen).items():
+            down = torch.stack([layer.lora_down[u].weight for u in users])  # (K, r, in[, k, k])
+            up = torch.stack([layer.lora_up[u].weight.flatten(1) * layer.scaling[u] for u in users])
+            routes[name] = PerSample(down[sample_user], up[sample_user])  # (B, r, in[, k, k]), (B, out, r)
+        with _routed(gen, routes):
+            return gen(content, codes, noise)
+
+    @torch.no_grad()
+    def score(self, content: Tensor, users: list[str], adapter: bool) -> dict[str, dict[str, float]]:
+        """Per user: SWD to their held-out style images and content SSIM, averaged over `eval_seeds`
+        fixed noise/patch seeds; with the adapters (and learned codes) or the base (encoder codes)."""
+        self.generator.eval()  # adapter dropout off; the base path has no train-time behaviour
+        k, n = len(users), len(content)
+        codes = torch.cat(
+            [(self.codes[u].detach() if adapter else self.base_codes[u]).expand(n, -1) for u in users]
+        )
+        scores = {u: {"swd": 0.0, "ssim": 0.0} for u in users}
+        for s in range(self.cfg.eval_seeds):
+            noise = self.generator.make_noise(content, seed=self.cfg.seed + s).repeat(k, 1, 1, 1)
+            out = self._render(content.repeat(k, 1, 1, 1), codes, noise, users if adapter else None)
+            for i, u in enumerate(users):
+                part = out[i * n : (i + 1) * n].clamp(0, 1)
+                scores[u]["swd"] += (
+                    swd(part, self.held[u], seed=self.cfg.seed + s)["mean"] / self.cfg.eval_seeds
+                )
+                scores[u]["ssim"] += ssim(part, content).mean().item() / self.cfg.eval_seeds
+        return scores
+
+    # --- training ----------------------------------------------------------------------------------
+    def _prepare(self, styles: dict[str, Tensor], feedback: dict[str, Feedback | None] | None) -> None:
+        """Per user: held-out/train split, loss targets, and an adapter starting at the encoder's code."""
+        cfg = self.cfg
+        self.held, self.targets, self.base_codes, self.codes, self.weights = {}, {}, {}, {}, {}
+        for user in self.user_ids:
+            images = styles[user]
+            if len(images) <= cfg.holdout:
+                raise ValueError(
+                    f"user {user}: needs more than {cfg.holdout} valid style images, has {len(images)}"
+                )
+            train, self.held[user] = holdout_split(images, user, cfg.holdout, cfg.seed)
+            fb = (feedback or {}).get(user)
+            with torch.no_grad():
+                self.base_codes[user] = self.base.encoder(train)[0]
+                feats = self.features(train)
+                self.targets[user] = _Targets(
+                    feats=feats,
+                    grams=[gram(f).mean(dim=0, keepdim=True) for f in feats],
+                    pyramid=laplacian_pyramid(train, SWD_MIN_RES),
+                    feedback=fb,
+                    feedback_feats=self.features(fb.images.to(train)) if fb is not None else None,
+                )
+            inject_adapter(self.generator, user, cfg.adapter, style_code=self.base_codes[user])
+            self.codes[user] = style_code(self.generator, user)
+            self.weights[user] = [
+                p for p in adapter_parameters(self.generator, user) if p is not self.codes[user]
+            ]
+
+    def _losses(
+        self, out: Tensor, batch: Tensor, codes: Tensor, base_out: Tensor, content_feats: list[Tensor],
+        users: list[str],
+    ) -> dict[str, Tensor]:  # fmt: skip
+        """The loss terms, each the sum over users of that user's batch-mean term (so a user's gradient
+        does not depend on how many others share the batch)."""
+        cfg, w, k = self.cfg, self.loss_weights, len(users)
+        n = len(batch) // k
+        feats = self.features(out)
+        terms = {
+            "content": k * w.content * losses.content_loss(feats, content_feats),
+            "adversarial": k * w.adversarial * losses.g_hinge_loss(self.base.discriminator(out, codes)),
+            "base_consistency": k * cfg.base_consistency * F.mse_loss(out, base_out),
+            "l2": cfg.l2 * sum(p.square().sum() for u in users for p in self.weights[u]),
+        }
+        per_user = {"style": [], "sliced_wasserstein": [], "patch_swd": [], "feedback": []}
+        for i, user in enumerate(users):
+            part, t = slice(i * n, (i + 1) * n), self.targets[user]
+            f_user = [f[part] for f in feats]
+            per_user["style"].append(
+                w.style * losses.style_loss(f_user, [g.expand(n, -1, -1) for g in t.grams])
+            )
+            per_user["sliced_wasserstein"].append(
+                cfg.sliced_wasserstein * losses.sliced_wasserstein_loss(f_user, t.feats)
+            )
+            if cfg.patch_swd:
+                per_user["patch_swd"].append(cfg.patch_swd * patch_swd_loss(out[part], t.pyramid))
+            if t.feedback is not None:
+                grams = [gram(f) for f in f_user]
+                per_user["feedback"].append(
+                    cfg.feedback
+                    * feedback_loss(grams, t.grams, t.feedback, t.feedback_feats, cfg.feedback_margin)
+                )
+        terms.update({name: sum(values) for name, values in per_user.items() if values})
+        return terms
+
+    def fit_users(
+        self,
+        content: Tensor,
+        styles: dict[str, Tensor],
+        feedback: dict[str, Feedback | None] | None = None,
+        progress: bool = True,
+    ) -> dict[str, dict[str, Any]]:
+        """Train every user's adapter on their `styles` (K, 3, S, S) minus a held-out split.
+
+        Returns per user {before, after (held-out SWD/SSIM on the report batch), best_step, steps_run}.
+        Early stopping selects on one content batch; before/after are reported on another, so the
+        reported gain is not the selection's own optimism.
+        """
+        cfg = self.cfg
+        select, report = content[: cfg.batch_size], content[cfg.batch_size : 2 * cfg.batch_size]
+        if len(report) == 0:
+            raise ValueError(f"need at least {cfg.batch_size + 1} content images, got {len(content)}")
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self._prepare(styles, feedback)
+        users = list(self.user_ids)
+        opt = torch.optim.Adam(
+            [
+                {"params": [p for u in users for p in self.weights[u]], "lr": cfg.lr},
+                {"params": [self.codes[u] for u in users], "lr": cfg.code_lr},
+            ],
+            betas=(0.0, 0.99),
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_factor, cfg.schedule, cfg.steps))
+        before = self.score(report, users, adapter=False)
+        initial = self.score(select, users, adapter=True)  # == the base: zero deltas, encoder codes
+        best = {u: {"step": 0, "swd": initial[u]["swd"]} for u in users}
+        best_state = {u: _clone(adapter_state_dict(self.generator, u)) for u in users}
+        stale, steps_run, active = dict.fromkeys(users, 0), dict.fromkeys(users, 0), list(users)
+        label = users[0] if len(users) == 1 else f"{len(users)} users"
+        bar = tqdm(range(1, cfg.steps + 1), desc=f"personalize {label}", disable=not progress)
+        for step in bar:
+            idx = torch.cat([torch.randint(len(content), (cfg.batch_size,), generator=gen) for _ in active])
+            batch = content[idx]
+            noise = self.generator.make_noise(batch)
+            codes = torch.cat([self.codes[u].expand(cfg.batch_size, -1) for u in active])
+            with torch.no_grad():
+                base_out = self._render(batch, codes.detach(), noise, None)
+                content_feats = self.features(batch)
+            self.generator.train()  # adapter dropout on, if configured
+            out = self._render(batch, codes, noise, active)
+            loss = sum(self._losses(out, batch, codes, base_out, content_feats, active).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            for u in active:
+                steps_run[u] = step
+            if step % cfg.eval_every and step != cfg.steps:
+                continue
+            current = self.score(select, active, adapter=True)
+            for u in list(active):
+                if current[u]["swd"] < best[u]["swd"]:
+                    best[u], stale[u] = {"step": step, "swd": current[u]["swd"]}, 0
+                    best_state[u] = _clone(adapter_state_dict(self.generator, u))
+                else:
+                    stale[u] += 1
+                    if stale[u] >= cfg.patience:
+                        active.remove(u)
+            bar.set_postfix(
+                active=len(active), swd=f"{sum(c['swd'] for c in current.values()) / len(current):.1f}"
+            )
+            if not active:
+                break
+        for u in users:
+            load_adapter_state(self.generator, u, best_state[u])
+        after = self.score(report, users, adapter=True)
+        return {
+            u: {
+                "before": before[u],
+                "after": after[u],
+                "best_step": best[u]["step"],
+                "steps_run": steps_run[u],
+            }
+            for u in users
+        }
+
+    def save_user(
+        self, user_id: str, out_dir: Path, metrics: dict[str, Any], version: str = "local"
+    ) -> dict[str, Any]:
+        meta = {
+            "user_id": user_id,
+            "version": version,
+            "base_fingerprint": self.base_fingerprint,
+            "training": self.cfg.to_dict(),
+            "metrics": metrics,
+        }
+        return save_adapter(out_dir, self.generator, user_id, meta)
+
+
+class Personalizer(GroupPersonalizer):
+    """One user's adapter: the group of one (plain single-adapter forward)."""
 
     def __init__(
         self, base: StyleModel, base_config: PStyleConfig, cfg: PersonalizeConfig, user_id: str
     ) -> None:
-        self.base, self.cfg, self.user_id = base.eval().requires_grad_(False), cfg, user_id
-        self.loss_weights: LossConfig = base_config.loss
-        self.features = FeatureExtractor(base_config.features).to(next(base.parameters()).device)
-        self.generator = copy.deepcopy(base.generator)  # adapters are injected here, never into `base`
-
-    @torch.no_grad()
-    def score(self, content: Tensor, held_out: Tensor, code: Tensor, adapter: bool) -> dict[str, float]:
-        """SWD to the held-out style images and content SSIM, with a fixed noise seed."""
-        self.generator.eval()  # adapter dropout off; the base path has no train-time behaviour
-        set_active_adapter(self.generator, self.user_id if adapter else None)
-        noise = self.generator.make_noise(content, seed=self.cfg.seed)
-        out = self.generator(content, code.expand(len(content), -1), noise).clamp(0, 1)
-        return {
-            "swd": swd(out, held_out, seed=self.cfg.seed)["mean"],
-            "ssim": ssim(out, content).mean().item(),
-        }
+        super().__init__(base, base_config, cfg, [user_id])
+        self.user_id = user_id
 
     def fit(
         self, content: Tensor, styles: Tensor, feedback: Feedback | None = None, progress: bool = True
     ) -> dict[str, Any]:
         """Train on `styles` (K, 3, S, S) minus a held-out split; returns before/after metrics."""
-        cfg, w = self.cfg, self.loss_weights
-        gen = torch.Generator().manual_seed(cfg.seed)
-        order = torch.randperm(len(styles), generator=gen)
-        if len(styles) <= cfg.holdout:
-            raise ValueError(f"user {self.user_id}: needs more than {cfg.holdout} valid style images")
-        held, train = styles[order[: cfg.holdout]], styles[order[cfg.holdout :]]
-        with torch.no_grad():
-            base_code = self.base.encoder(train)[0]
-            style_feats = self.features(train)
-            style_grams = [gram(f).mean(dim=0, keepdim=True) for f in style_feats]
-            fb_feats = self.features(feedback.images.to(train)) if feedback is not None else None
-        inject_adapter(self.generator, self.user_id, cfg.adapter, style_code=base_code)
-        code = style_code(self.generator, self.user_id)
-        params = adapter_parameters(self.generator, self.user_id)
-        weights = [p for p in params if p is not code]
-        opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.0, 0.99))
-        # Early stopping selects on one content batch; before/after are reported on another, so the
-        # reported gain is not the selection's own optimism.
-        select, report = content[: cfg.batch_size], content[cfg.batch_size : 2 * cfg.batch_size]
-        if len(report) == 0:
-            raise ValueError(f"need at least {cfg.batch_size + 1} content images, got {len(content)}")
-        before = self.score(report, held, base_code, adapter=False)
-        best = {"step": 0, "swd": self.score(select, held, code.detach(), adapter=True)["swd"]}
-        best_state, stale = _clone(adapter_state_dict(self.generator, self.user_id)), 0
-        bar = tqdm(range(1, cfg.steps + 1), desc=f"personalize {self.user_id}", disable=not progress)
-        for step in bar:
-            idx = torch.randint(len(content), (cfg.batch_size,), generator=gen)
-            batch = content[idx]
-            noise = self.generator.make_noise(batch)
-            codes = code.expand(len(batch), -1)
-            with torch.no_grad():
-                set_active_adapter(self.generator, None)
-                base_out = self.generator(batch, codes.detach(), noise)
-                content_feats = self.features(batch)
-            set_active_adapter(self.generator, self.user_id)
-            self.generator.train()  # adapter dropout on, if configured
-            out = self.generator(batch, codes, noise)
-            feats = self.features(out)
-            terms = {
-                "style": w.style
-                * losses.style_loss(feats, [g.expand(len(batch), -1, -1) for g in style_grams]),
-                "sliced_wasserstein": cfg.sliced_wasserstein
-                * losses.sliced_wasserstein_loss(feats, style_feats),
-                "content": w.content * losses.content_loss(feats, content_feats),
-                "adversarial": w.adversarial * losses.g_hinge_loss(self.base.discriminator(out, codes)),
-                "base_consistency": cfg.base_consistency * F.mse_loss(out, base_out),
-                "l2": cfg.l2 * sum(p.square().sum() for p in weights),
-            }
-            if feedback is not None:
-                grams = [gram(f) for f in feats]
-                terms["feedback"] = cfg.feedback * feedback_loss(
-                    grams, style_grams, feedback, fb_feats, cfg.feedback_margin
-                )
-            loss = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                current = self.score(select, held, code.detach(), adapter=True)["swd"]
-                bar.set_postfix(swd=f"{current:.1f}", best=f"{best['swd']:.1f}")
-                if current < best["swd"]:
-                    best, stale = {"step": step, "swd": current}, 0
-                    best_state = _clone(adapter_state_dict(self.generator, self.user_id))
-                else:
-                    stale += 1
-                    if stale >= cfg.patience:
-                        break
-        load_adapter_state(self.generator, self.user_id, best_state)
-        after = self.score(report, held, code.detach(), adapter=True)
-        return {"before": before, "after": after, "best_step": best["step"], "steps_run": step}
+        return self.fit_users(content, {self.user_id: styles}, {self.user_id: feedback}, progress)[
+            self.user_id
+        ]
 
     def save(self, out_dir: Path, metrics: dict[str, Any], version: str = "local") -> dict[str, Any]:
-        meta = {
-            "user_id": self.user_id,
-            "version": version,
-            "base_fingerprint": fingerprint(self.base),
-            "training": self.cfg.to_dict(),
-            "metrics": metrics,
-        }
-        return save_adapter(out_dir, self.generator, self.user_id, meta)
+        return self.save_user(self.user_id, out_dir, metrics, version)
 
 
 def personalize_user(

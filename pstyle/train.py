@@ -6,6 +6,7 @@ Ray Train runs the same `BaseTrainer.step` inside its workers; this module knows
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -88,6 +89,9 @@ class BaseTrainer:
         )
         self.opt_s = torch.optim.Adam(self.model.segmenter.parameters(), lr=1e-3)
         self.step_count = 0
+        # Data-parallel training (pstyle.train_ray) averages gradients across workers here, between
+        # backward and the optimizer step; None on one process.
+        self.sync_gradients: Callable[[torch.optim.Optimizer], None] | None = None
 
     def autocast(self) -> torch.autocast | nullcontext:
         """bf16 autocast on CUDA (no loss scaling needed); full precision on CPU."""
@@ -108,16 +112,21 @@ class BaseTrainer:
             with self.autocast():
                 loss, phase_logs = phase()
             loss.backward()
-            opt.step()
+            self._update(opt)
             logs.update(phase_logs)
         if batch.masks is not None:
             self.opt_s.zero_grad(set_to_none=True)
             loss, seg_logs = segmenter_phase(self.model, batch)
             loss.backward()
-            self.opt_s.step()
+            self._update(self.opt_s)
             logs.update(seg_logs)
         self.step_count += 1
         return logs
+
+    def _update(self, opt: torch.optim.Optimizer) -> None:
+        if self.sync_gradients is not None:
+            self.sync_gradients(opt)
+        opt.step()
 
     def state(self) -> dict:
         return {

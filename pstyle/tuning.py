@@ -248,7 +248,8 @@ def result_rows(grid: Any, cfg: TuneConfig) -> list[dict[str, Any]]:
     rows = []
     for result in grid:
         m = result.metrics or {}
-        iterations = int(m.get("training_iteration") or 0)
+        # Training done, not reports made: a trial restored from its final checkpoint reports again.
+        iterations = int(m.get("step") or 0) // cfg.steps_per_iteration
         if result.error is not None:
             status = "error"
         else:

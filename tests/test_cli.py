@@ -149,15 +149,6 @@ def test_bench_generator_writes_json_and_table(tmp_path):
     assert all(r["images_per_s"] > 0 for r in result["rows"])
 
 
-def test_tiny_demo_runs_every_stage(tmp_path):
-    proc = pstyle("demo", "--tiny", "--out", tmp_path)
-    assert "stage times:" in proc.stdout
-    report = json.loads((tmp_path / "eval.json").read_text())
-    assert set(report["methods"]) == {"model", "identity", "reinhard"}
-    grids = sorted((tmp_path / "users").glob("*.png"))
-    assert len(grids) == 3 and all(load_image(g).shape[1] > 32 for g in grids)
-
-
 def test_bench_adapters_cli(tmp_path):
     args = ["--out", tmp_path, "--device", "cpu", "--sizes", "32", "--batch", "4", "--ks", "1,4"]
     proc = pstyle("bench", "adapters", *args, "--min-time", "0.01", "--load-trials", "3")

@@ -1,0 +1,246 @@
+"""The Ray Train adapter job: many users' adapters fine-tuned, checked on held-out images, published."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pstyle.adapter_jobs import (
+    AdapterJob,
+    UserDataError,
+    build_manifest,
+    load_manifest,
+    load_user_data,
+    train_users,
+)
+from pstyle.adapters import load_adapter, set_active_adapter, style_code
+from pstyle.checkpoint import fingerprint, load_checkpoint
+from pstyle.data.folders import StyleUsers
+from pstyle.data.synth import scene_tensors
+from pstyle.metrics import swd
+from pstyle.personalize import GroupPersonalizer, PersonalizeConfig, holdout_split
+from pstyle.registry import Registry
+from pstyle.store import LocalStore
+
+USERS = ["stripes-000", "dots-001", "mosaic-004", "halftone-007"]  # four different style families
+CORRUPT = "corrupt-user"
+STEPS = 40  # most of the held-out gain comes in the first 20-40 steps (docs/benchmarks.md)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def users_dir(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four synthetic users, plus one whose every 'image' is corrupt (truncated PNG, not an image)."""
+    root = tmp_path_factory.mktemp("users")
+    for user in USERS:
+        shutil.copytree(synth_dir / "styles" / user, root / user)
+    bad = root / CORRUPT
+    bad.mkdir()
+    png = next((synth_dir / "styles" / USERS[0]).glob("*.png")).read_bytes()
+    (bad / "0.png").write_bytes(png[: len(png) // 3])
+    (bad / "1.png").write_bytes(b"not an image at all")
+    (bad / "2.jpg").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="module")
+def job(local_ray, trained_base: Path, users_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One job through the CLI (`pstyle personalize --ray`): 2 workers, 2 users each."""
+    from pstyle.cli import cli
+
+    root = tmp_path_factory.mktemp("job")
+    store = LocalStore(root / "store")
+    Registry(store).publish_base("base", trained_base)
+    args = ["personalize", "--ray", "--users", str(users_dir), "--base", "base@latest", "--store",
+            str(store.root), "--workers", "2", "--name", "job-1", "--steps", str(STEPS),
+            "--summary", str(root / "summary.json"), "--ray-address", "local"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return store, json.loads((root / "summary.json").read_text()), result.output
+
+
+def test_job_publishes_one_candidate_version_per_user(job):
+    store, summary, output = job
+    registry = Registry(store)
+    assert summary["published"] == sorted(USERS) and not summary["failed"]
+    for user in USERS:
+        record = summary["users"][user]
+        assert registry.versions("adapter", user) == [record["version"]]
+        assert registry.aliases("adapter", user) == {"candidate": record["version"]}
+        manifest = registry.get("adapter", user, record["version"]).manifest
+        assert manifest["metrics"]["before"]["swd"] == record["before"]["swd"]
+        assert manifest["metrics"]["base"] == "base@1" and manifest["metrics"]["job"] == "job-1"
+        assert user in output  # the printed table has one line per user
+    assert {summary["users"][u]["worker"] for u in USERS} == {0, 1}  # users were split across workers
+    stored = json.loads(store.get_bytes("jobs/adapters/job-1/summary.json"))
+    assert stored["published"] == summary["published"]
+
+
+def test_each_published_adapter_lowers_heldout_swd(job, trained_base: Path, synth_dir: Path, tmp_path: Path):
+    """Recomputed from the published files: the user's held-out images, the report content batch."""
+    store, summary, _ = job
+    registry = Registry(store)
+    base, _ = load_checkpoint(trained_base)
+    cfg = PersonalizeConfig()
+    content = scene_tensors(32, 64)[cfg.batch_size : 2 * cfg.batch_size]  # the job's report batch
+    styles = StyleUsers(synth_dir / "styles", 64)
+    noise = base.generator.make_noise(content, seed=cfg.seed)
+    for user in USERS:
+        record = summary["users"][user]
+        assert record["after"]["swd"] < record["before"]["swd"], (user, record)
+        train, held = holdout_split(styles.images(user), user, cfg.holdout, cfg.seed)
+        gen = base.generator.__class__(base.cfg)
+        gen.load_state_dict(base.generator.state_dict())
+        adapter_dir = registry.fetch(registry.get("adapter", user, record["version"]), tmp_path / user)
+        load_adapter(adapter_dir, gen, user, fingerprint(base))
+        with torch.no_grad():
+            set_active_adapter(gen, None)
+            base_code = base.encoder(train)[0].expand(len(content), -1)
+            before = swd(gen(content, base_code, noise).clamp(0, 1), held, seed=cfg.seed)["mean"]
+            set_active_adapter(gen, user)
+            learned = style_code(gen, user).detach().expand(len(content), -1)
+            after = swd(gen(content, learned, noise).clamp(0, 1), held, seed=cfg.seed)["mean"]
+        assert after < before, (user, before, after)
+
+
+def test_corrupt_user_is_skipped_and_named(job):
+    store, summary, output = job
+    assert summary["skipped"] == [CORRUPT]
+    reason = summary["users"][CORRUPT]["reason"]
+    assert reason.startswith("no valid style images (3 unusable") and "corrupt" in reason, reason
+    assert CORRUPT in output and "no valid style images" in output
+    assert Registry(store).versions("adapter", CORRUPT) == []
+
+
+def test_resubmitting_the_job_trains_nobody_again(job):
+    """A restarted worker (or the same --name submitted again) finds every user's record and skips it."""
+    store, summary, _ = job
+    _, entries = load_manifest(store, summary["manifest"])
+    again = AdapterJob("job-1", str(store.root), "base", 1, PersonalizeConfig(steps=STEPS).to_dict())
+    records = train_users(again, entries, log=lambda _: None)
+    assert sorted(records) == sorted([*USERS, CORRUPT]) and all(r["resumed"] for r in records.values())
+    assert all(Registry(store).versions("adapter", u) == [summary["users"][u]["version"]] for u in USERS)
+
+
+def test_batched_group_trains_and_a_failing_group_spares_the_others(
+    trained_base: Path, users_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Without Ray: two users share one mixed-forward group; a group whose fit raises is marked
+    failed and the job carries on."""
+    store = LocalStore(tmp_path / "store")
+    Registry(store).publish_base("base", trained_base)
+    _, entries = load_manifest(store, users_dir)
+    entries = {u: entries[u] for u in ["dots-001", "halftone-007", "mosaic-004"]}
+    fit = GroupPersonalizer.fit_users
+
+    def fit_or_fail(self, *args, **kwargs):
+        if "mosaic-004" in self.user_ids:
+            raise RuntimeError("simulated divergence")
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(GroupPersonalizer, "fit_users", fit_or_fail)
+    cfg = PersonalizeConfig(steps=2, eval_every=1)
+    job = AdapterJob("batched", str(store.root), "base", 1, cfg.to_dict(), group_size=2, forward="mixed")
+    records = train_users(job, entries, log=lambda _: None)
+    assert (
+        records["mosaic-004"]["status"] == "failed"
+        and "simulated divergence" in records["mosaic-004"]["reason"]
+    )
+    for user in ["dots-001", "halftone-007"]:
+        assert records[user]["status"] == "published" and records[user]["group"] == [
+            "dots-001",
+            "halftone-007",
+        ]
+        assert Registry(store).aliases("adapter", user) == {"candidate": records[user]["version"]}
+
+
+def test_manifest_sources_and_bad_entries(tmp_path: Path, users_dir: Path):
+    store = LocalStore(tmp_path / "store")
+    key = build_manifest(store, users_dir, "june")
+    assert key == "manifests/june.json" and build_manifest(store, users_dir, "june") == key  # idempotent
+    _, users = load_manifest(store, key)
+    assert sorted(users) == sorted([*USERS, CORRUPT]) and all(
+        k.startswith("users/") for k in users[USERS[0]]["styles"]
+    )
+    local = tmp_path / "m.yaml"
+    local.write_text(f"users:\n  {USERS[0]}:\n    styles: {users[USERS[0]]['styles']}\n")
+    assert load_manifest(store, local)[1] == {USERS[0]: {"styles": users[USERS[0]]["styles"]}}
+    with pytest.raises(FileNotFoundError):
+        load_manifest(store, "manifests/nope.json")
+    data = load_user_data(store, USERS[0], users[USERS[0]], 32, holdout=2)
+    assert data.styles.shape == (5, 3, 32, 32) and data.feedback is None and not data.bad_images
+    for user, entry, reason in [
+        ("../evil", {"styles": []}, "invalid user id"),
+        ("bob", {"styles": "x.png"}, "list of store keys"),
+        ("bob", {"styles": users[USERS[0]]["styles"][:2]}, "needs more than 2"),
+        (CORRUPT, users[CORRUPT], "no valid style images"),
+    ]:
+        with pytest.raises(UserDataError, match=reason):
+            load_user_data(store, user, entry, 32, holdout=2)
+
+
+def test_feedback_in_manifest_is_loaded(tmp_path: Path, users_dir: Path):
+    folder = tmp_path / "users"
+    shutil.copytree(users_dir / USERS[1], folder / USERS[1])
+    (folder / USERS[1] / "feedback").mkdir()
+    shutil.copy(next((users_dir / USERS[1]).glob("*.png")), folder / USERS[1] / "feedback" / "liked.png")
+    (folder / USERS[1] / "feedback.json").write_text('[{"image": "feedback/liked.png", "rating": "up"}]')
+    store = LocalStore(tmp_path / "store")
+    _, users = load_manifest(store, folder)
+    data = load_user_data(store, USERS[1], users[USERS[1]], 32, holdout=2)
+    assert data.styles.shape[0] == 5 and data.feedback.weights.tolist() == [1.0]
+
+
+def test_mixed_forward_matches_one_pass_per_user(small_config):
+    """The batched multi-user forward (per-sample adapters) equals running each user's adapter alone,
+    in outputs and in gradients."""
+    from pstyle.model import StyleModel
+
+    small_config.features.random_channels = 8
+    base = StyleModel(small_config.model)
+    users = ["a", "b", "c"]
+    styles = {u: torch.rand(4, 3, 32, 32) for u in users}
+    results = {}
+    for forward in ("mixed", "grouped"):
+        group = GroupPersonalizer(base, small_config, PersonalizeConfig(), users, forward=forward)
+        group._prepare(styles, None)
+        torch.manual_seed(1)
+        for u in users:
+            for p in group.weights[u]:
+                torch.nn.init.normal_(p, std=0.1)
+        x = torch.rand(6, 3, 32, 32)
+        codes = torch.cat([group.codes[u].expand(2, -1) for u in users])
+        out = group._render(x, codes, group.generator.make_noise(x, seed=0), users)
+        out.square().mean().backward()
+        grads = [p.grad for u in users for p in [*group.weights[u], group.codes[u]]]
+        results[forward] = (out.detach(), grads)
+    torch.testing.assert_close(results["mixed"][0], results["grouped"][0], atol=1e-5, rtol=1e-4)
+    for a, b in zip(results["mixed"][1], results["grouped"][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_personalize_ray_needs_users_and_entrypoint_help():
+    from pstyle.cli import cli
+
+    result = CliRunner().invoke(cli, ["personalize", "--ray", "--base", "base"])
+    assert result.exit_code == 2 and "--users" in result.output
+    result = CliRunner().invoke(cli, ["personalize", "--base", "b"])
+    assert result.exit_code == 2 and "required without --ray" in result.output
+    script = Path(__file__).resolve().parents[1] / "ray_jobs" / "train_adapters.py"
+    run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "--users" in run.stdout and "--group-size" in run.stdout

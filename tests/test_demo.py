@@ -1,0 +1,90 @@
+"""`pstyle demo --tiny` end to end (a real local Ray: Tune, Train, Serve over HTTP), on both stores."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_bucket
+
+from pstyle.demo import MARKER, prepare_out
+from pstyle.images import load_image
+from pstyle.registry import Registry
+from pstyle.store import open_store
+
+STAGES = ["data", "tune", "train", "adapters", "serve", "report"]
+
+
+@pytest.fixture(params=["local", "s3"])
+def demo_store(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    if request.param == "local":
+        return None  # the default: a folder inside --out
+    return f"s3://{make_bucket(request.getfixturevalue('s3_env'))}/demo"
+
+
+def test_tiny_demo_runs_every_stage_and_writes_the_report(demo_store: str | None, tmp_path: Path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "pstyle", "demo", "--tiny", "--out", str(out)]
+    proc = subprocess.run(
+        [*cmd, *(["--store", demo_store] if demo_store else [])], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"stage times: data [\d.]+s, tune .* report [\d.]+s", proc.stdout)
+
+    state = json.loads((out / "demo.json").read_text())
+    assert list(state["timings"]) == STAGES and all(t > 0 for t in state["timings"].values())
+    store = open_store(demo_store or str(out / "store"))
+    registry = Registry(store)
+    assert registry.aliases("base", "base")["production"] == state["base"]["version"]
+    users = sorted(state["adapters"]["production"])
+    assert len(users) == 3
+    for user in users:  # two published versions each: production (short) and candidate (longer)
+        versions = {alias: jobs[user]["version"] for alias, jobs in state["adapters"].items()}
+        assert (
+            registry.versions("adapter", user) == sorted(versions.values())
+            and len(set(versions.values())) == 2
+        )
+
+    serving = json.loads((out / "serving.json").read_text())
+    per_user = [r for r in serving["requests"] if r["stage"] == "users"]
+    assert {r["user"] for r in per_user} == set(users)
+    assert all(
+        r["adapter_version"] == state["adapters"]["production"][r["user"]]["version"] for r in per_user
+    )
+    ab = [r for r in serving["requests"] if r["stage"] == "ab"]
+    assert {r["variant"] for r in ab} == {"production", "candidate"} and all(
+        1 <= r["rating"] <= 5 for r in ab
+    )
+    report = serving["ab_report"]
+    assert sum(v["ratings"] for v in report["variants"].values()) == len(ab)
+
+    html = (out / "report.html").read_text()
+    for heading in ("Users", "Hyperparameter search (Ray Tune)", "Serving", "A/B experiment", "Stages"):
+        assert f">{heading}</h" in html
+    assert html.count('src="data:image/png;base64,') == len(users) + 2  # grids, Pareto, latency
+    for user in users:
+        grid = load_image(out / "figures" / f"{user}.png")
+        # one row: content, the 3 training style images, base, adapter, adapter on the subject
+        assert grid.shape[1] < 2 * 32 and grid.shape[2] >= 7 * 32
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == set(users)
+    assert all(set(m) == {"identity", "colour transfer", "base", "adapter"} for m in metrics.values())
+    assert all((out / "figures" / name).stat().st_size > 1000 for name in ("pareto.png", "latency.png"))
+
+
+def test_demo_output_folder_is_only_cleared_when_the_demo_made_it(tmp_path: Path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="not made by `pstyle demo`"):
+        prepare_out(mine)
+    assert (mine / "thesis.txt").read_text() == "precious"
+    ours = tmp_path / "ours"
+    prepare_out(ours)
+    (ours / "old.json").write_text("{}")
+    prepare_out(ours)  # a rerun starts afresh
+    assert sorted(p.name for p in ours.iterdir()) == [MARKER]

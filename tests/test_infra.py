@@ -1,0 +1,61 @@
+"""infra/: manifests parse, name things that exist, and stay in sync with their sources."""
+
+from __future__ import annotations
+
+import re
+import runpy
+import shlex
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+KUBERAY = ROOT / "infra" / "kuberay"
+RENDER = runpy.run_path(str(KUBERAY / "render.py"))
+
+
+def test_kuberay_manifests_are_rendered_from_their_sources() -> None:
+    manifests = RENDER["manifests"]()
+    assert sorted(manifests) == sorted(p.name for p in KUBERAY.glob("*.yaml"))
+    for name, manifest in manifests.items():
+        assert (KUBERAY / name).read_text() == RENDER["render"](name, manifest), f"re-run render.py: {name}"
+
+
+def test_rayservice_serves_exactly_serve_config() -> None:
+    service = yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())
+    assert service["kind"] == "RayService"
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == yaml.safe_load(
+        (ROOT / "serve" / "config.yaml").read_text()
+    )
+    assert service["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+    import_path = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["import_path"]
+    module, _, attr = import_path.partition(":")
+    assert attr in (ROOT / Path(*module.split("."))).with_suffix(".py").read_text()
+
+
+def test_rayjobs_run_existing_entrypoints_on_gpu_workers() -> None:
+    for path in KUBERAY.glob("rayjob-*.yaml"):
+        job = yaml.safe_load(path.read_text())
+        assert job["kind"] == "RayJob" and job["spec"]["shutdownAfterJobFinishes"] is True
+        python, script, *_ = shlex.split(job["spec"]["entrypoint"])
+        assert python == "python" and (ROOT / script).is_file(), script
+        workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        limits = workers[0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] >= 1
+
+
+def test_cluster_yaml_installs_the_pinned_versions() -> None:
+    cluster = yaml.safe_load((ROOT / "infra" / "cluster" / "aws-gpu.yaml").read_text())
+    setup = " ".join(cluster["setup_commands"])
+    assert "requirements.lock" in setup and "-e /home/ray/pstyle" in setup
+    assert cluster["file_mounts"]["/home/ray/pstyle"] == "."
+    assert cluster["available_node_types"]["gpu_spot"]["node_config"]["InstanceMarketOptions"]
+    ray_pin = re.search(r"^ray==([\d.]+)", (ROOT / "requirements.lock").read_text(), re.M).group(1)
+    assert cluster["docker"]["image"].startswith(f"rayproject/ray:{ray_pin}-")
+
+
+def test_dockerfile_uses_the_lock_and_the_pinned_ray_image() -> None:
+    text = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    ray_pin = re.search(r"^ray==([\d.]+)", (ROOT / "requirements.lock").read_text(), re.M).group(1)
+    assert f"FROM rayproject/ray:{ray_pin}-" in text
+    assert "pip install --no-cache-dir -r requirements.lock" in text

@@ -1,0 +1,225 @@
+"""Ray Train base training on a private local Ray with 2 CPU workers: data-parallel replicas stay
+identical, a killed worker resumes from the last checkpoint, a resubmitted job resumes too, and both
+resumed runs end bit-identical to the uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pstyle.config import PStyleConfig
+from tests.conftest import make_bucket
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, EVERY = 30, 5
+TINY = {
+    "model.channels": 8,
+    "model.res_blocks": 2,
+    "model.style_dim": 16,
+    "model.noise_dim": 8,
+    "model.encoder_channels": 8,
+    "model.disc_channels": 8,
+    "model.segmenter_channels": 4,
+    "features.random_channels": 16,
+    "train.image_size": 32,
+    "train.batch_size": 4,
+    "train.style_images": 2,
+    "train.steps": STEPS,
+    "train.checkpoint_every": EVERY,
+}
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """A private 2-CPU Ray for this module (never a cluster another test or user started)."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as env:
+        # Worker start-up can take tens of seconds on a busy 2-core machine (Ray Train's default
+        # limit is 60 s); the preemption watcher is one more process per run that tests do not need.
+        env.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+        env.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def config() -> PStyleConfig:
+    return PStyleConfig().with_overrides(TINY)
+
+
+@pytest.fixture(scope="module")
+def reference(
+    ray_local: None, config: PStyleConfig, synth_dir: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    """An uninterrupted 2-worker run: the trajectory the interrupted runs must reproduce."""
+    from pstyle.train_ray import run_base_training
+
+    tmp = tmp_path_factory.mktemp("reference")
+    outcome = run_base_training(
+        config, synth_dir, store=str(tmp / "store"), name="ref", workers=2, trace_dir=tmp / "trace"
+    )
+    return outcome, tmp
+
+
+def events(trace: Path) -> list[dict]:
+    return [json.loads(line) for line in (trace / "steps.jsonl").read_text().splitlines()]
+
+
+def finals(trace: Path) -> list[dict]:
+    return [json.loads((trace / f"rank{r}.final.json").read_text()) for r in (0, 1)]
+
+
+def latest_checkpoint_step(store, name: str) -> int | None:  # noqa: ANN001 - a Store
+    """The step of the newest checkpoint Ray Train has registered for run `name`, if any."""
+    from pstyle.store import KeyNotFound
+
+    try:
+        snapshot = json.loads(store.get_bytes(f"ray/train/{name}/checkpoint_manager_snapshot.json"))
+    except (KeyNotFound, json.JSONDecodeError):  # not there yet, or caught mid-write
+        return None
+    return snapshot["latest_checkpoint_result"]["metrics"]["step"]
+
+
+def wait_for_checkpoint(store, name: str, timeout: float = 120) -> int:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while (step := latest_checkpoint_step(store, name)) is None:
+        assert time.monotonic() < deadline, "no checkpoint was registered"
+        time.sleep(0.05)
+    return step
+
+
+def assert_resumed(trace: Path, at_least: int) -> int:
+    """Two attempts; the second starts at a checkpoint >= `at_least`, after what the first reached,
+    and trains on from the next step (nothing redone from 0). Returns the resume step."""
+    log = events(trace)
+    starts = [i for i, e in enumerate(log) if e["event"] == "start"]
+    assert [log[i]["starts"] for i in starts] == [1, 2]
+    assert log[starts[0]]["step"] == 0
+    resumed = log[starts[1]]["step"]
+    assert resumed % EVERY == 0 and at_least <= resumed < STEPS
+    first_attempt = [e["step"] for e in log[starts[0] : starts[1]] if e["event"] == "step"]
+    assert max(first_attempt) >= resumed
+    second_attempt = [e["step"] for e in log[starts[1] :] if e["event"] == "step"]
+    assert second_attempt == list(range(resumed + 1, STEPS + 1))
+    return resumed
+
+
+def test_two_workers_stay_identical_and_publish(reference, tmp_path: Path):
+    from pstyle.checkpoint import load_checkpoint
+    from pstyle.registry import Registry
+    from pstyle.store import open_store
+    from pstyle.train_ray import publish_once
+
+    outcome, tmp = reference
+    rank0, rank1 = finals(tmp / "trace")
+    assert rank0["step"] == rank1["step"] == STEPS
+    assert rank0["digest"] == rank1["digest"]  # every parameter and buffer, bit for bit
+    assert rank0["digest"] != rank0["initial"]  # and they trained
+    assert rank0["initial"] == rank1["initial"]
+    log = events(tmp / "trace")
+    assert [e["step"] for e in log if e["event"] == "step"] == list(range(1, STEPS + 1))
+    assert not outcome.resumed and outcome.step == STEPS and outcome.metrics["workers"] == 2
+
+    registry = Registry(open_store(tmp / "store"))
+    version = registry.resolve("base", "base", "candidate")
+    assert version.number == outcome.version.number == 1
+    assert version.manifest["step"] == STEPS and version.manifest["metrics"]["ray_run"] == "ref"
+    fetched = registry.fetch(version, tmp_path / "fetched")
+    _, meta = load_checkpoint(fetched)
+    assert meta["fingerprint"] == version.manifest["fingerprint"]
+    # A finished run submitted again finds the same weights published: no duplicate version.
+    assert publish_once(registry, "base", fetched, {}) == (version, False)
+
+
+def test_bad_arguments_fail_before_ray_starts(config, synth_dir: Path, tmp_path: Path):
+    from pstyle.train_ray import run_base_training
+
+    with pytest.raises(ValueError, match="split evenly"):
+        run_base_training(config, synth_dir, store=str(tmp_path), workers=3)
+    with pytest.raises(ValueError, match="invalid run name"):
+        run_base_training(config, synth_dir, store=str(tmp_path), name="../x")
+    with pytest.raises(FileNotFoundError):
+        run_base_training(config, tmp_path / "missing", store=str(tmp_path))
+
+
+def test_killed_worker_resumes_from_checkpoint(reference, config, synth_dir: Path, tmp_path: Path):
+    from pstyle.store import open_store
+    from pstyle.train_ray import run_base_training
+
+    store, trace, seen = open_store(tmp_path / "store"), tmp_path / "trace", {}
+
+    def kill_rank1_after_a_checkpoint() -> None:
+        seen["checkpoint"] = wait_for_checkpoint(store, "killed")
+        os.kill(int((trace / "rank1.pid").read_text()), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_rank1_after_a_checkpoint, daemon=True)
+    killer.start()
+    outcome = run_base_training(
+        config,
+        synth_dir,
+        store=str(tmp_path / "store"),
+        name="killed",
+        workers=2,
+        max_failures=1,
+        trace_dir=trace,
+    )
+    killer.join(timeout=5)
+    resumed = assert_resumed(trace, at_least=seen["checkpoint"])
+    assert (
+        outcome.step == STEPS
+        and outcome.metrics["starts"] == 2
+        and outcome.metrics["resumed_from"] == resumed
+    )
+    # Resume restores weights, optimizers and every rank's RNG streams: same result as no failure.
+    assert finals(trace)[0]["digest"] == finals(reference[1] / "trace")[0]["digest"]
+
+
+def test_resubmitted_job_resumes(reference, config, synth_dir: Path, tmp_path: Path, s3_env: str):
+    """The job's driver (`ray_jobs/train_base.py`, joined to this module's Ray as a job driver is to
+    its cluster) is killed; submitting the same name and store again (`pstyle train-base --ray`)
+    resumes from the run's checkpoint in S3."""
+    import ray
+    from click.testing import CliRunner
+
+    from pstyle.checkpoint import read_meta
+    from pstyle.cli import cli
+    from pstyle.registry import Registry
+    from pstyle.store import open_store
+
+    uri = f"s3://{make_bucket(s3_env)}/pstyle"
+    store, trace = open_store(uri), tmp_path / "trace"
+    config.save(tmp_path / "config.yaml")
+    args = ["--config", str(tmp_path / "config.yaml"), "--data", str(synth_dir), "--store", uri]
+    args += ["--name", "resub", "--workers", "2", "--trace-dir", str(trace)]
+    address = ray.get_runtime_context().gcs_address
+    job = [sys.executable, str(ROOT / "ray_jobs/train_base.py"), *args, "--ray-address", address]
+    with open(tmp_path / "first-job.log", "wb") as log:
+        driver = subprocess.Popen(
+            job, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            checkpoint = wait_for_checkpoint(store, "resub", timeout=240)
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL)  # Ray then ends the actors it owned: the run's
+            driver.wait(timeout=30)
+    assert Registry(store).versions("base", "base") == []  # the first submission never finished
+
+    result = CliRunner().invoke(cli, ["train-base", "--ray", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "resuming run resub" in result.output
+    resumed = assert_resumed(trace, at_least=checkpoint)
+    assert finals(trace)[0]["digest"] == finals(reference[1] / "trace")[0]["digest"]
+    version = Registry(store).resolve("base", "base", "candidate")
+    assert version.manifest["step"] == STEPS and version.manifest["metrics"]["resumed_from"] == resumed
+    assert read_meta(tmp_path / "out")["fingerprint"] == version.manifest["fingerprint"]
