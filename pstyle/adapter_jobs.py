@@ -247,7 +247,7 @@ class AdapterJob:
     base_name: str
     base_version: int
     personalize: dict[str, Any] = field(default_factory=lambda: PersonalizeConfig().to_dict())
-    group_size: int = 1
+    group_size: int = 2  # users per batched forward: 1.10x faster than one at a time (benchmarks.md)
     forward: ForwardMode = "grouped"
     n_content: int = DEFAULT_CONTENT
 
@@ -399,7 +399,7 @@ def run_adapter_job(
     store: str | None = None,
     workers: int = 1,
     cpus_per_worker: float = 1,
-    group_size: int = 1,
+    group_size: int = 2,
     forward: ForwardMode = "grouped",
     name: str | None = None,
     personalize: PersonalizeConfig | None = None,

@@ -78,7 +78,8 @@ def bench_adapter_training(
                 workers, cpus = int(m.group(4)), int(m.group(5))
                 summary = run_adapter_job(
                     users_file, f"bench@{version.number}", store=str(store.root), workers=workers,
-                    cpus_per_worker=cpus, name=name, personalize=cfg, ray_address=ray_address, log=log,
+                    cpus_per_worker=cpus, group_size=1, name=name, personalize=cfg, ray_address=ray_address,
+                    log=log,
                 )  # fmt: skip
                 records, wall, group, forward = summary["users"], summary["wall_seconds"], 1, "-"
             else:

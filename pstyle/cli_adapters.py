@@ -25,7 +25,7 @@ ray_personalize_options = [
     ),
     click.option(
         "--group-size",
-        default=1,
+        default=2,
         show_default=True,
         help="with --ray: users trained together in one batched forward per worker",
     ),

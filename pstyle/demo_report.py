@@ -51,7 +51,7 @@ def write_report(out: Path, store: str, state: dict[str, Any], timings: dict[str
         metrics[user] = user_metrics(server, user, content, train, held)
         grid = figures / f"{user}.png"
         save_image(user_grid(server, user, content[:1], train), grid, nrow=4 + len(train[:3]))
-        sections.append(user_section(user, grid, metrics[user], state))
+        sections.append(user_section(user, grid, metrics[user], server.registry.aliases("adapter", user)))
     serving = json.loads((out / "serving.json").read_text())
     latency_png = latency_histogram(serving["requests"], figures / "latency.png")
     tune_name = state["tune"]["name"]
@@ -162,13 +162,12 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def user_section(user: str, grid: Path, scores: dict, state: dict[str, Any]) -> str:
-    versions = {alias: jobs[user]["version"] for alias, jobs in state["adapters"].items() if user in jobs}
+def user_section(user: str, grid: Path, scores: dict, aliases: dict[str, int]) -> str:
     rows = [[m, scores[m]["swd"], scores[m]["ssim"], scores[m]["diversity"]] for m in METHODS]
     change = scores["adapter"]["swd"] / scores["base"]["swd"] - 1
     return (
-        f"<h3>{html.escape(user)}</h3><p>adapter versions: "
-        + ", ".join(f"{a} v{v}" for a, v in versions.items())
+        f"<h3>{html.escape(user)}</h3><p>adapter aliases now: "
+        + ", ".join(f"{a} v{v}" for a, v in sorted(aliases.items()))
         + f"; held-out SWD of the production adapter vs the base: {100 * change:+.1f}%.</p>"
         + "<p class=cap>content | training style images | base | adapter | adapter, subject only</p>"
         + img(grid, f"{user} grid", "grid")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import io
 import time
 from pathlib import Path
@@ -276,6 +277,32 @@ def test_feedback_lands_in_the_store(deployment, content_png) -> None:
         assert time.monotonic() < deadline, "feedback event never reached the store"
         time.sleep(0.5)  # the ingress flushes every event_flush_s
     assert events[0]["rating"] == 4 and events[0]["adapter_version"] == 1
+
+
+def test_graceful_shutdown_flushes_buffered_events(deployment, content_png) -> None:
+    """A second copy of the app that only flushes on shutdown: its buffered feedback reaches the store
+    when the app is deleted (Serve runs the replicas' destructors), not before."""
+    config = dataclasses.replace(deployment["config"], event_flush_s=3600.0)
+    serve.run(build_app(config), name="flush", route_prefix="/flush")
+    url, auth = f"{deployment['url']}/flush", {"Authorization": f"Bearer {deployment['keys']['alice']}"}
+    r = requests.post(f"{url}/v1/stylize", files={"image": ("c.png", content_png)}, headers=auth, timeout=60)
+    image_id = r.headers["X-Image-Id"]
+    sent = requests.post(
+        f"{url}/v1/feedback", json={"image_id": image_id, "rating": 2}, headers=auth, timeout=30
+    )
+    assert sent.status_code == 200
+
+    def stored() -> list[dict]:
+        return [
+            e
+            for e in read_events(deployment["store"], "feedback", user_id="alice")
+            if e["image_id"] == image_id
+        ]
+
+    time.sleep(1.0)
+    assert stored() == []  # still buffered in the replica
+    serve.delete("flush")
+    assert [e["rating"] for e in stored()] == [2]
 
 
 def test_alias_moves_and_rollbacks_land_within_ttl(deployment, content_png) -> None:
