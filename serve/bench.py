@@ -152,6 +152,9 @@ def bench_serve(
                         "replica_cold_load_ms_p50": cold["cold_load_ms_p50"],
                         "first_request_latency_ms": warm["latency_ms"],
                     }
+                # Start the next app afresh: redeployed in place, the ingress keeps the replica count
+                # its autoscaler reached, which may not fit in the CPUs beside the new generator.
+                serve.delete("bench")
         finally:
             serve.shutdown()
             ray.shutdown()
