@@ -99,6 +99,8 @@ def render(server: AdapterServer, user: str, content: Tensor, seed: int, region:
 
 @torch.no_grad()
 def user_metrics(server: AdapterServer, user: str, content: Tensor, train: Tensor, held: Tensor) -> dict:
+    """Per method: SWD to `held`, content SSIM and diversity, averaged over SEEDS for the generative
+    methods (the baselines are deterministic: one output, diversity 0)."""
     model = server.model
     outputs = {
         "identity": [identity(content, train)],
