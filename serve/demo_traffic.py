@@ -28,6 +28,7 @@ from typing import Any
 import ray
 import requests
 import torch
+from PIL import Image
 from ray import serve
 
 from pstyle.adapter_jobs import user_split
@@ -51,8 +52,6 @@ class Rater:
         self.reference: dict[str, float] = {}
 
     def distance(self, user: str, png: bytes) -> float:
-        from PIL import Image
-
         image = to_tensor(Image.open(io.BytesIO(png)).convert("RGB")).unsqueeze(0)
         return swd(image, self.held[user], seed=0)["mean"]
 
