@@ -94,9 +94,21 @@ def tune(
 @click.option(
     "--out", "out_dir", default=Path("runs/bench"), show_default=True, type=click.Path(path_type=Path)
 )
-@click.option("--trials", default=12, show_default=True)
-@click.option("--iterations", default=9, show_default=True, help="max iterations per trial (ASHA max_t)")
-@click.option("--steps-per-iteration", default=5, show_default=True)
+@click.option("--trials", default=24, show_default=True)
+@click.option("--iterations", default=27, show_default=True, help="max iterations per trial (ASHA max_t)")
+@click.option("--steps-per-iteration", default=20, show_default=True)
+@click.option(
+    "--grace-period",
+    default=TuneConfig.grace_period,
+    show_default=True,
+    help="ASHA: iterations before a trial can stop",
+)
+@click.option(
+    "--reduction-factor",
+    default=TuneConfig.reduction_factor,
+    show_default=True,
+    help="ASHA: keep the best 1/rf at each rung",
+)
 @click.option("--image-size", default=32, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--ray-address", default="local", show_default=True)
@@ -107,13 +119,17 @@ def bench_tune(
     steps_per_iteration: int,
     image_size: int,
     seed: int,
+    grace_period: int,
+    reduction_factor: int,
     ray_address: str,
 ) -> None:
     """ASHA vs no early stopping: trial-iterations to reach within 5 % of the best score; trials/hour."""
     from pstyle.bench import write_result
     from pstyle.bench_tune import bench_config, run_bench_tune, tune_table
 
-    cfg = bench_config(trials, iterations, steps_per_iteration, image_size, seed)
+    cfg = bench_config(
+        trials, iterations, steps_per_iteration, image_size, seed, grace_period, reduction_factor
+    )
     with tempfile.TemporaryDirectory(prefix="pstyle-bench-tune-") as store:
         result = run_bench_tune(cfg.with_overrides({"store": store}), ray_address=ray_address, log=click.echo)
     table = tune_table(result)

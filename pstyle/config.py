@@ -191,6 +191,15 @@ class ServeConfig:
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.01
     event_flush_s: float = 2.0
+    # Adapter-path rule per device type ("cpu", "cuda"): the largest share of distinct adapters in a
+    # batch served by the grouped path. {} keeps the built-in rule; set it to the
+    # `measured_threshold.grouped_max_fraction` that `pstyle bench adapters` prints on your hardware.
+    grouped_max_fraction: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for device_type, fraction in self.grouped_max_fraction.items():
+            if not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"grouped_max_fraction[{device_type!r}] must be in [0, 1], got {fraction}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServeConfig:

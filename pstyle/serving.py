@@ -87,6 +87,7 @@ class AdapterServer:
             device=self.device,
             config=AdapterConfig(),
             host_capacity_bytes=config.host_cache_bytes,
+            grouped_max_fraction=config.grouped_max_fraction,
         )
         self._aliases: dict[tuple[str, str], tuple[int, float]] = {}  # (user, ref) -> (version, expiry)
         self._lock = threading.Lock()
@@ -94,8 +95,10 @@ class AdapterServer:
         self.cold_load_s: list[float] = []
 
     def reconfigure(self, config: ServeConfig) -> None:
-        """Settings that need no reload (TTL, limits) apply at once; the alias cache starts afresh."""
+        """Settings that need no reload (TTL, limits, path rule) apply at once; the alias cache starts
+        afresh."""
         self.config = config
+        self.bank.set_path_rule(config.grouped_max_fraction)
         self._aliases.clear()
 
     def resolve(self, user_id: str, ref: str) -> int:

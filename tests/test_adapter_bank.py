@@ -23,6 +23,7 @@ from pstyle.adapters import (
     set_active_adapter,
     style_code,
 )
+from pstyle.adapters.bank import DEFAULT_GROUPED_MAX_FRACTION
 from pstyle.config import ModelConfig
 from pstyle.models import Generator
 
@@ -208,6 +209,7 @@ def test_forward_auto_follows_the_rule(base: Generator, reference: Generator) ->
     bank.forward_grouped = lambda *a, **k: calls.append("grouped")  # type: ignore[method-assign]
     bank.forward = lambda *a, **k: calls.append("mixed")  # type: ignore[method-assign]
     bank.forward_auto(*batch(ASSIGNMENT, reference), ASSIGNMENT)
-    bank.grouped_max_fraction["cpu"] = 0.0
+    bank.set_path_rule({"cpu": 0.0})  # a measured override, as ServeConfig.grouped_max_fraction sets it
     bank.forward_auto(*batch(ASSIGNMENT, reference), ASSIGNMENT)
     assert calls == ["grouped", "mixed"]
+    assert bank.grouped_max_fraction["cuda"] == DEFAULT_GROUPED_MAX_FRACTION["cuda"]  # others untouched

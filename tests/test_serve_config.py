@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pstyle.config import ServeConfig
@@ -33,3 +34,12 @@ def test_config_matches_serve_build(tmp_path: Path) -> None:
 def test_user_config_is_a_serve_config() -> None:
     for deployment in yaml.safe_load(CONFIG.read_text())["applications"][0]["deployments"]:
         assert ServeConfig.from_dict(deployment["user_config"]) == ServeConfig()
+
+
+def test_path_rule_override_is_validated() -> None:
+    config = ServeConfig.from_dict({"grouped_max_fraction": {"cuda": 0.125}})
+    assert config.grouped_max_fraction == {"cuda": 0.125}
+    with pytest.raises(ValueError, match=r"grouped_max_fraction\['cpu'\] must be in \[0, 1\]"):
+        ServeConfig.from_dict({"grouped_max_fraction": {"cpu": 2.0}})
+    with pytest.raises(ValueError, match="grouped_max_fraction"):
+        ServeConfig.from_dict({"grouped_max_fraction": {"cuda": "fast"}})

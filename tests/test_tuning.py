@@ -352,3 +352,26 @@ def test_bench_counts_iterations_to_target_and_replays_asha():
     assert replay(curves, ["a", "b", "c"], 0.9, 3, _Bracket(1, 3, 2, 0)) == 3 + 1 + 3
     summary = replay_orders({"a": [1.3, 1.3, 1.3], "b": [1.0, 1.0, 1.0]}, 1.0, cfg, orders=50)
     assert summary["asha_reach_rate"] == 1.0 and summary["none_mean"] >= summary["asha_mean"]
+
+
+def test_bench_runs_both_policies_on_the_same_trials(ray_local, small_model_cfg, synth_dir, tmp_path):
+    from pstyle.bench_tune import run_bench_tune, tune_table
+
+    cfg = tiny_tune_config(
+        small_model_cfg, tmp_path / "store", synth_dir, "bench", search="random", steps_per_iteration=1
+    )
+    result = run_bench_tune(cfg, log=lambda _: None)
+    none, asha = result["runs"]["none"], result["runs"]["asha"]
+    assert none["total_iterations"] == cfg.num_samples * cfg.iterations and none["stopped_early"] == 0
+    assert asha["trials"] == cfg.num_samples and asha["total_iterations"] <= none["total_iterations"]
+    assert result["best_score"] == none["best_full_score"] and none["reached"] is not None
+    # the same seeded configurations train identically: a trial ASHA ran to the end scores as before
+    finals = {r["train.lr_g"]: r["score"] for r in none["rows"]}
+    for r in asha["rows"]:
+        if r["status"] == "terminated":
+            assert r["score"] == pytest.approx(finals[r["train.lr_g"]], rel=1e-6)
+    expected = (
+        none["total_iterations"] / asha["total_iterations"] if result["asha_search_reaches_target"] else None
+    )
+    assert result["search_saving"] == expected
+    assert "search:" in tune_table(result) and result["replay"]["orders"] == 2000

@@ -77,7 +77,7 @@ class AdapterBank:
         self.generator = generator
         self.config = config or AdapterConfig()
         self.device = torch.device(device)
-        self.grouped_max_fraction = {**DEFAULT_GROUPED_MAX_FRACTION, **(grouped_max_fraction or {})}
+        self.set_path_rule(grouped_max_fraction)
         self.layers = wrap_modules(generator, self.config.target_modules)
         rank = self.config.rank
         shapes: dict[str, tuple[int, ...]] = {"style_code": (style_dim(generator),)}
@@ -100,6 +100,11 @@ class AdapterBank:
         self._free = list(range(self.n_slots, 0, -1))
         self._host: OrderedDict[str, dict[str, Tensor]] = OrderedDict()  # evicted slot rows, on CPU
         self._lock = threading.RLock()
+
+    def set_path_rule(self, grouped_max_fraction: Mapping[str, float] | None) -> None:
+        """Override `choose_path`'s fraction per device type (what `pstyle bench adapters` measured on
+        this hardware); device types left out keep the built-in rule."""
+        self.grouped_max_fraction = {**DEFAULT_GROUPED_MAX_FRACTION, **(grouped_max_fraction or {})}
 
     # --- residency --------------------------------------------------------------------------------
     def __contains__(self, user_id: object) -> bool:
