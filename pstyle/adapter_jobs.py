@@ -329,7 +329,7 @@ def train_users(
         cpu_seconds = (time.process_time() - cpu_started) / len(group)  # all threads; robust to contention
         for user in group:
             m = metrics[user]
-            info = {**m, "improved": m["after"]["swd"] < m["before"]["swd"], "seconds": seconds,
+            info = {**m, "improved": m["after"]["style"] < m["before"]["style"], "seconds": seconds,
                     "cpu_seconds": cpu_seconds, "base": f"{job.base_name}@{job.base_version}",
                     "job": job.name}  # fmt: skip
             with tempfile.TemporaryDirectory(prefix="pstyle-adapter-") as tmp:

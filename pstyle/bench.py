@@ -10,9 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from pstyle.bench_reference import AdaINReference, JohnsonReference
 from pstyle.config import ModelConfig
 from pstyle.models import Generator
+from pstyle.models.encoder import CODE_DIM
 
 
 def machine_description(device: torch.device) -> dict[str, str | int]:
@@ -54,46 +57,63 @@ def bench_generator(
     batches: tuple[int, ...] = (1, 16),
     cfg: ModelConfig | None = None,
     min_time: float = 1.0,
+    references: bool = True,
 ) -> dict:
-    """Generator inference throughput. On CUDA: bf16 autocast and channels_last, as served."""
+    """Inference throughput of pstyle's generator and, in the same run, of the AdaIN and Johnson et al.
+    reference networks (`bench_reference.py`). On CUDA: bf16 autocast and channels_last, as served."""
     cfg = cfg or ModelConfig()
-    gen = Generator(cfg).to(device).eval()
     cuda = device.type == "cuda"
+    nets: dict[str, nn.Module] = {"pstyle": Generator(cfg)}
+    if references:
+        nets |= {"adain_vgg19": AdaINReference(), "johnson": JohnsonReference()}
+    nets = {name: net.to(device).eval() for name, net in nets.items()}
     if cuda:
-        gen = gen.to(memory_format=torch.channels_last)
+        nets = {name: net.to(memory_format=torch.channels_last) for name, net in nets.items()}
     rows = []
-    for size in sizes:
-        for batch in batches:
-            content = torch.rand(batch, 3, size, size, device=device)
-            if cuda:
-                content = content.contiguous(memory_format=torch.channels_last)
-            code = torch.randn(batch, cfg.style_dim, device=device)
-            noise = gen.make_noise(content, seed=0)
-
-            def run(
-                content: torch.Tensor = content, code: torch.Tensor = code, noise: torch.Tensor = noise
-            ) -> None:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                    gen(content, code, noise)
-
-            seconds = time_call(run, device, min_time=min_time)
-            rows.append({
-                "size": size,
-                "batch": batch,
-                "dtype": "bf16" if cuda else "fp32",
-                "ms_per_batch": seconds * 1e3,
-                "ms_per_image": seconds * 1e3 / batch,
-                "images_per_s": batch / seconds,
-            })  # fmt: skip
-    params = sum(p.numel() for p in gen.parameters())
+    for arch, net in nets.items():
+        for size in sizes:
+            for batch in batches:
+                run = _forward(arch, net, batch, size, device)
+                seconds = time_call(run, device, min_time=min_time)
+                rows.append({
+                    "arch": arch,
+                    "size": size,
+                    "batch": batch,
+                    "dtype": "bf16" if cuda else "fp32",
+                    "ms_per_batch": seconds * 1e3,
+                    "ms_per_image": seconds * 1e3 / batch,
+                    "images_per_s": batch / seconds,
+                })  # fmt: skip
+    params = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
     return {"benchmark": "generator", "machine": machine_description(device), "params": params, "rows": rows}
 
 
+def _forward(arch: str, net: nn.Module, batch: int, size: int, device: torch.device) -> Callable[[], object]:
+    """One batch's forward pass of `arch`, inputs prepared outside the timed call."""
+    cuda = device.type == "cuda"
+    content = torch.rand(batch, 3, size, size, device=device)
+    if cuda:
+        content = content.contiguous(memory_format=torch.channels_last)
+    if arch == "pstyle":
+        code, noise = torch.randn(batch, CODE_DIM, device=device), net.make_noise(content, seed=0)
+        args: tuple = (content, code, noise)
+    elif arch == "adain_vgg19":
+        args = (content, torch.rand(batch, 512, size // 8, size // 8, device=device))
+    else:
+        args = (content,)
+
+    def run() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            net(*args)
+
+    return run
+
+
 def generator_table(result: dict) -> str:
-    lines = [f"{'size':>5} {'batch':>5} {'dtype':>5} {'ms/img':>9} {'img/s':>9}"]
+    lines = [f"{'arch':<12} {'size':>5} {'batch':>5} {'dtype':>5} {'ms/img':>9} {'img/s':>9}"]
     for r in result["rows"]:
         ms, ips = r["ms_per_image"], r["images_per_s"]
-        lines.append(f"{r['size']:>5} {r['batch']:>5} {r['dtype']:>5} {ms:>9.2f} {ips:>9.1f}")
+        lines.append(f"{r['arch']:<12} {r['size']:>5} {r['batch']:>5} {r['dtype']:>5} {ms:>9.2f} {ips:>9.1f}")
     return "\n".join(lines)
 
 

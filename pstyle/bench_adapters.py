@@ -36,6 +36,7 @@ from pstyle.bench import machine_description, time_call
 from pstyle.checkpoint import fingerprint
 from pstyle.config import ModelConfig
 from pstyle.model import StyleModel
+from pstyle.models.encoder import CODE_DIM
 
 N_BUDGET = 10_000
 # Per host-spilled adapter besides its tensor bytes: each tensor's Python object, c10 TensorImpl and
@@ -126,7 +127,7 @@ def _throughput(base, merged, bank, cfg, device, sizes, batch, ks, min_time, war
         content = torch.rand(batch, 3, size, size, device=device)
         if device.type == "cuda":
             content = content.contiguous(memory_format=torch.channels_last)
-        code = torch.randn(batch, cfg.style_dim, device=device)
+        code = torch.randn(batch, CODE_DIM, device=device)
         noise = base.make_noise(content, seed=0)
         if not check:  # the timed paths compute the same thing (fp32, a few samples)
             n, kmax = min(batch, 4), max(ks)

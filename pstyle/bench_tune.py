@@ -53,12 +53,11 @@ def bench_config(
         "seed": seed,
         "max_failures": 0,
         "base.train.image_size": image_size,
-        "base.model.encoder_channels": 8,
         "base.model.disc_channels": 8,
         "base.model.segmenter_channels": 4,
         "base.train.style_images": 2,
         "space.model.channels": {"choices": [8, 16]},
-        "space.model.style_dim": {"choices": [16, 32]},
+        "space.model.w_dim": {"choices": [16, 32]},
         "space.train.batch_size": {"choices": [4]},
     })  # fmt: skip
 

@@ -58,6 +58,16 @@ def with_config(fn):
     return fn
 
 
+# A checkpoint folder, or none for the base model that ships in the package (pstyle/bundled.py).
+MODEL_OPTION = click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="checkpoint (default: bundled)",
+)
+
+
 @click.group()
 def cli() -> None:
     """pstyle: personalized image style transfer."""
@@ -89,6 +99,63 @@ def data_synth(out: Path, n_content: int, n_users: int, images_per_user: int, si
         out, n_content=n_content, n_users=n_users, images_per_user=images_per_user, size=size, seed=seed
     )
     click.echo(f"wrote {out}")
+
+
+@data.command("import")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--content", required=True, help="folder or s3://bucket/prefix of photos (COCO-like)")
+@click.option("--styles", required=True, help="folder or s3://bucket/prefix, one sub-folder per style")
+@click.option("--size", default=256, show_default=True, help="shorter side of the imported images")
+def data_import(out: Path, content: str, styles: str, size: int) -> None:
+    """Import any image folders (local or S3) into OUT, the layout `pstyle train-base --data` reads."""
+    from pstyle.data.importer import import_folders
+
+    click.echo(f"wrote {import_folders(content, styles, out, size)}")
+
+
+@data.command("eval-photos")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+def data_eval_photos(out: Path) -> None:
+    """Write the independent real-photo evaluation set (scikit-image's images) to OUT/content, OUT/styles."""
+    from pstyle.data.eval_photos import export
+
+    content, styles = export(out)
+    click.echo(f"wrote {content} and {styles}")
+
+
+@cli.command("eval-subjects")
+@click.option("--split", type=click.Choice(["eval", "dev"]), default="eval", show_default=True)
+@MODEL_OPTION
+def eval_subjects_cmd(split: str, model_dir: Path | None) -> None:
+    """IoU of --mask subject against hand-labelled photos: the pretrained CAM + GrabCut vs the U-Net."""
+    from pstyle.bundled import resolve_model_dir
+    from pstyle.checkpoint import load_checkpoint
+    from pstyle.subjects import subject_mask
+    from pstyle.subjects_eval import subject_iou
+
+    model, _ = load_checkpoint(resolve_model_dir(model_dir))
+    model.eval()
+
+    def unet(photo: torch.Tensor) -> torch.Tensor:
+        h, w = photo.shape[-2:]
+        small = torch.nn.functional.interpolate(photo, scale_factor=256 / min(h, w), mode="area")
+        small = small[..., : small.shape[-2] // 4 * 4, : small.shape[-1] // 4 * 4]
+        return torch.nn.functional.interpolate(model.subject_mask(small), size=(h, w), mode="nearest")
+
+    results = {"cam+grabcut": subject_iou(subject_mask, split), "unet": subject_iou(unet, split)}
+    names = list(results["unet"])
+    click.echo(f"{'photo':<14}" + "".join(f"{m:>14}" for m in results))
+    for name in names:
+        click.echo(f"{name:<14}" + "".join(f"{results[m][name]:>14.3f}" for m in results))
+
+
+@cli.command("bundle")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def bundle_cmd(checkpoint: Path) -> None:
+    """Install CHECKPOINT as the bundled base model and pin its sha256 (maintainers)."""
+    from pstyle.bundled import bundle
+
+    click.echo(f"bundled into {bundle(checkpoint)}")
 
 
 @cli.group("config")
@@ -137,7 +204,7 @@ def train_base_cmd(
 
 @cli.command()
 @click.argument("content", type=click.Path(path_type=Path))
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path))
+@MODEL_OPTION
 @click.option("--style", "style_paths", multiple=True, type=click.Path(path_type=Path))
 @click.option(
     "--adapter",
@@ -150,14 +217,17 @@ def train_base_cmd(
 @click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--mask", default=None, help="'subject', 'background', or a mask image (white = stylize)")
-@click.option("--size", default=None, type=int, help="resize the content's shorter side (multiple of 4)")
+@click.option("--size", default=None, type=int, help="resize the content's shorter side (multiple of 16)")
 @click.option(
-    "--segmenter", "segmenter_weights", default=None, help="segmenter weights (safetensors path or s3:// URI)"
+    "--segmenter",
+    "segmenter_weights",
+    default=None,
+    help="U-Net segmenter weights for --mask subject|background (safetensors path or s3:// URI)",
 )
 @click.option("--device", default="auto", show_default=True)
 def stylize(
     content: Path,
-    model_dir: Path,
+    model_dir: Path | None,
     style_paths: tuple[Path, ...],
     output: Path,
     strength: float,
@@ -264,24 +334,75 @@ def personalize(
     click.echo(f"adapter written to {out_dir}")
 
 
+EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
 @cli.command("eval")
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path))
+@MODEL_OPTION
 @click.option(
-    "--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+    "--data",
+    "data_dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="a `pstyle data synth` folder: held-out style images per user",
 )
+@click.option("--content", "content_dir", default=None, type=EXISTING_DIR,
+              help="real-photo mode: a folder of content photos (with --styles)")  # fmt: skip
+@click.option("--styles", "styles_dir", default=None, type=EXISTING_DIR,
+              help="real-photo mode: a folder of style images, each its own style")  # fmt: skip
+@click.option("--adapter", "adapter_dir", default=None, type=click.Path(exists=True, path_type=Path),
+              help="real-photo mode: also score this user's adapter (their styles as --styles)")  # fmt: skip
+@click.option("--size", default=256, show_default=True, help="real-photo mode: shorter side in px")
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--users", default=8, show_default=True)
-@click.option("--content", "n_content", default=8, show_default=True)
-def eval_cmd(model_dir: Path, data_dir: Path, out_path: Path | None, users: int, n_content: int) -> None:
-    """Score the model against the identity and Reinhard baselines (table + JSON)."""
+@click.option("--n-content", "n_content", default=8, show_default=True)
+def eval_cmd(
+    model_dir: Path | None,
+    data_dir: Path | None,
+    content_dir: Path | None,
+    styles_dir: Path | None,
+    adapter_dir: Path | None,
+    size: int,
+    out_path: Path | None,
+    users: int,
+    n_content: int,
+) -> None:
+    """Score the model against the identity and Reinhard baselines (table, JSON and, on photos, a grid)."""
+    from pstyle.bundled import resolve_model_dir
     from pstyle.checkpoint import load_checkpoint
-    from pstyle.evaluate import evaluate_model, format_table, write_report
 
+    model_dir = resolve_model_dir(model_dir)
     model, meta = load_checkpoint(model_dir)
-    size = meta["config"]["train"]["image_size"]
-    report = evaluate_model(model, data_dir, size, n_users=users, n_content=n_content)
-    click.echo(format_table(report))
-    write_report(report, out_path or Path(model_dir) / "eval.json")
+    model.eval()
+    if (content_dir is None) != (styles_dir is None) or (content_dir is None) == (data_dir is None):
+        raise click.UsageError("give either --data DIR or both --content DIR and --styles DIR")
+    if data_dir is not None:
+        from pstyle.evaluate import evaluate_model, format_table, write_report
+
+        report = evaluate_model(model, data_dir, meta["config"]["train"]["image_size"], users, n_content)
+        click.echo(format_table(report))
+        write_report(report, out_path or Path(model_dir) / "eval.json")
+        return
+    from pstyle.evaluate_photos import (
+        evaluate_photos,
+        format_photo_table,
+        load_photos,
+        photo_methods,
+        write_photo_grid,
+        write_photo_report,
+    )
+
+    methods = photo_methods(model, adapter_dir)
+    contents, styles = load_photos(content_dir, size), load_photos(styles_dir, size)
+    report = evaluate_photos(methods, contents, styles)
+    click.echo(format_photo_table(report))
+    out_path = out_path or Path("runs/eval/photos.json")
+    write_photo_report(report, out_path)
+    shown = {
+        name: method for name, method in methods.items() if name != "identity"
+    }  # the content is column 1
+    grid = write_photo_grid(shown, contents, styles, out_path.with_suffix(".png"))
+    click.echo(f"wrote {out_path} and {grid}")
 
 
 @cli.command()
@@ -328,6 +449,25 @@ def bench_generator_cmd(out_dir: Path, device: str, min_time: float, sizes: str,
         resolve_device(device), sizes=_int_list(sizes), batches=_int_list(batches), min_time=min_time
     )
     table = generator_table(result)
+    click.echo(table)
+    click.echo(f"wrote {write_result(result, table, out_dir)}")
+
+
+@bench.command("real-users")
+@click.option(
+    "--out", "out_dir", default=Path("runs/bench"), show_default=True, type=click.Path(path_type=Path)
+)
+@MODEL_OPTION
+@click.option("--size", default=128, show_default=True)
+@click.option("--steps", default=None, type=int, help="default: PersonalizeConfig().steps")
+def bench_real_users_cmd(out_dir: Path, model_dir: Path | None, size: int, steps: int | None) -> None:
+    """Adapters for 4 users whose styles are real images: held-out style distance and SSIM vs the base."""
+    from pstyle.bench import write_result
+    from pstyle.bench_real_users import bench_real_users, real_users_table
+    from pstyle.bundled import resolve_model_dir
+
+    result = bench_real_users(resolve_model_dir(model_dir), size, steps)
+    table = real_users_table(result)
     click.echo(table)
     click.echo(f"wrote {write_result(result, table, out_dir)}")
 

@@ -21,48 +21,59 @@ T = TypeVar("T")
 
 @dataclass
 class ModelConfig:
-    """Architecture of the generator, style encoder, discriminator and segmenter."""
+    """Architecture of the generator's trained decoder, the discriminator and the segmenter.
 
-    channels: int = 32  # generator width at full resolution; doubled at each of the 2 downsamplings
-    res_blocks: int = 4  # style-modulated residual blocks at 1/4 resolution
-    style_dim: int = 64  # size of the style code produced by the encoder
-    noise_dim: int = 16  # size of the noise vector mixed with the style code (diverse outputs)
-    encoder_channels: int = 32  # style encoder width
+    The content encoder and the style encoder are the frozen pretrained trunk (models/backbone.py):
+    they have no width to choose.
+    """
+
+    channels: int = 24  # decoder width at 1/2 resolution; doubled at 1/4 and 1/8, x4 at 1/16
+    res_blocks: int = 2  # style-modulated residual blocks at 1/16 resolution
+    w_dim: int = 64  # width of w = mapping(style code), which drives every FiLM layer
+    noise_dim: int = 16  # noise channels injected at 1/4 resolution (diverse outputs)
     disc_channels: int = 32  # discriminator width
     disc_layers: int = 3  # PatchGAN depth: receptive field grows with it
-    segmenter_channels: int = 16  # small U-Net for subject masks
+    segmenter_channels: int = 16  # small U-Net for subject masks on procedural scenes
     mask_feather: int = 7  # box-blur size (px) that feathers region masks; odd
 
     def __post_init__(self) -> None:
         if self.mask_feather % 2 != 1:
             raise ValueError(f"mask_feather must be odd, got {self.mask_feather}")
+        if self.channels < 2:
+            raise ValueError(f"channels must be at least 2, got {self.channels}")
 
 
 @dataclass
 class FeatureConfig:
-    """Which network provides features for the content and style losses.
+    """Which frozen network measures content and style for the losses.
 
-    With `vgg19_weights` (a path or s3:// URI to a torchvision VGG19 state dict) losses use VGG;
-    without it a fixed, seeded random conv net stands in (random features still capture texture
-    statistics, Ustyuzhaninov et al.), so everything works with no download.
+    `efficientnet_lite0` (default): the pretrained ImageNet trunk that ships as a pip package.
+    `vgg19_weights` (a path or s3:// URI to a torchvision VGG19 state dict) switches to VGG19 for
+    users who bring those weights. `network: random` is a fixed, seeded random conv net: an explicit
+    option for experiments, never the default.
     """
 
+    network: str = "efficientnet_lite0"  # or "random"; vgg19_weights overrides either
     vgg19_weights: str | None = None
     random_seed: int = 0  # seed of the random feature net: part of what a checkpoint records
     random_channels: int = 64
 
+    def __post_init__(self) -> None:
+        if self.network not in ("efficientnet_lite0", "random"):
+            raise ValueError(f"features.network must be efficientnet_lite0 or random, got {self.network!r}")
+
 
 @dataclass
 class LossConfig:
-    """Loss weights. Adversarial/R1 follow SNGAN/StyleGAN2-ADA; content/style were set by short
-    runs on the synthetic data (a strong texture term is what makes outputs leave the content's
-    smooth look); Ray Tune searches all of them."""
+    """Loss weights. Adversarial/R1 follow SNGAN/StyleGAN2-ADA; content/style/tv were set by looking
+    at real photographs stylized by short runs (docs/benchmarks.md); Ray Tune searches them."""
 
-    adversarial: float = 1.0
-    content: float = 0.3  # feature-space distance to the content image
-    style: float = 300.0  # centred-Gram distance to the style images' features (small raw values)
+    adversarial: float = 0.05  # the GAN term sharpens texture; longer runs paint it over the photo
+    content: float = 1.0  # instance-normalised deep-feature distance to the content image
+    style: float = 5.0  # channel mean/std distance to the style set's pretrained features
     code: float = 1.0  # re-encoding the output must give back the style code
     diversity: float = 0.5  # mode seeking: different noise, different outputs
+    tv: float = 1.0  # total variation: no checkerboard or speckle
     r1_gamma: float = 1.0  # StyleGAN2-ADA uses 1 at 256 px; scale with resolution
     r1_every: int = 16  # lazy R1: penalise every k discriminator steps
 
@@ -71,11 +82,11 @@ class LossConfig:
 class TrainConfig:
     """Optimisation of the base model (one process; Ray Train later scales the same loop)."""
 
-    image_size: int = 64
-    batch_size: int = 8
-    style_images: int = 4  # K style images per sample that the encoder pools
+    image_size: int = 128
+    batch_size: int = 4  # content images per step; each is rendered with two noise draws
+    style_images: int = 3  # K style images per sample that the encoder pools
     steps: int = 2000
-    lr_g: float = 2e-4  # TTUR: the discriminator learns faster than the generator
+    lr_g: float = 3e-4  # TTUR: the discriminator learns faster than the generator
     lr_d: float = 4e-4
     beta1: float = 0.0  # betas (0, 0.99) as in StyleGAN2-ADA
     beta2: float = 0.99
@@ -84,6 +95,9 @@ class TrainConfig:
     sample_every: int = 200
     log_every: int = 10
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    init_from: str | None = None  # "bundled" or a checkpoint folder: start from its weights (warm start)
+    real_images: bool = True  # add the real photos and artworks that installed packages ship (data/photos.py)
+    photo_fraction: float = 0.5  # share of content samples drawn from those photos
 
 
 @dataclass
@@ -130,15 +144,30 @@ def cpu_preset(image_size: int = 64, steps: int = 100) -> PStyleConfig:
 
     Used by `pstyle demo` and the training test; clusters train the full default model.
     """
-    model = ModelConfig(
-        channels=16, res_blocks=2, style_dim=32, noise_dim=8, encoder_channels=16, disc_channels=16
-    )
+    model = ModelConfig(channels=16, res_blocks=1, w_dim=32, noise_dim=8, disc_channels=16)
     config = PStyleConfig(model=model)
-    config.features.random_channels = 32
     config.train.image_size = image_size
     config.train.steps = steps
     config.train.style_images = 3
     config.train.lr_g = config.train.lr_d = 1e-3
+    config.train.checkpoint_every = config.train.sample_every = max(steps // 4, 1)
+    return config
+
+
+def warm_start_preset(image_size: int = 64, steps: int = 100) -> PStyleConfig:
+    """Fine-tuning from the bundled base: its architecture and loss weights, a gentler learning rate.
+
+    Used by `pstyle demo`, so minutes of training on 2 CPUs start from a model that already does
+    real style transfer instead of from noise.
+    """
+    from pstyle.bundled import bundled_model_dir
+    from pstyle.checkpoint import read_meta
+
+    config = PStyleConfig.from_dict(read_meta(bundled_model_dir())["config"])
+    config.train.init_from = "bundled"
+    config.train.image_size = image_size
+    config.train.steps = steps
+    config.train.lr_g, config.train.lr_d = 1e-4, 2e-4
     config.train.checkpoint_every = config.train.sample_every = max(steps // 4, 1)
     return config
 

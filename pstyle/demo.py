@@ -4,8 +4,9 @@ Stages, each timed (a local Ray instance stands in for the cluster; the store is
 output, or `--store s3://...`):
 
   1 data       synthetic content scenes and style users (`pstyle.data.synth`)
-  2 tune       a multi-objective Ray Tune search with ASHA (`pstyle.tuning.run_search`)
-  3 train      Ray Train data-parallel base training from the chosen config
+  2 tune       a multi-objective Ray Tune search with ASHA (`pstyle.tuning.run_search`), every
+               trial fine-tuning the bundled base (`pstyle/weights/`)
+  3 train      Ray Train data-parallel fine-tuning of the bundled base with the chosen config
                (`pstyle.train_ray.run_base_training`); the result becomes base `production`
   4 adapters   a Ray Train adapter job for the demo users (`pstyle.adapter_jobs.run_adapter_job`),
                aliased `production`; then a second job with a longer schedule, aliased `candidate`
@@ -30,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pstyle.config import PStyleConfig, cpu_preset
+from pstyle.config import PStyleConfig, warm_start_preset
 from pstyle.tune_config import Param, TuneConfig
 
 Log = Callable[[str], None]
@@ -48,12 +49,12 @@ class DemoPlan:
     images_per_user: int = 6
     demo_users: int = 4  # users who get adapters and send traffic
     tune_trials: int = 6
-    tune_iterations: int = 4
-    tune_steps: int = 10  # steps per Tune iteration
-    base_steps: int = 300
+    tune_iterations: int = 3
+    tune_steps: int = 8  # steps per Tune iteration
+    base_steps: int = 150  # fine-tuning the bundled base: it already transfers style
     workers: int = 2  # Ray Train workers (base and adapters)
     adapter_steps: int = 40  # production adapters
-    candidate_steps: int = 100  # candidate adapters (the A/B treatment)
+    candidate_steps: int = 80  # candidate adapters (the A/B treatment)
     requests: int = 6  # per user, before the experiment
     ab_requests: int = 16  # per cohort user, during the experiment: 2 users x 16 = 32 ratings per arm
 
@@ -65,7 +66,7 @@ class DemoPlan:
 
 
 def tune_config(plan: DemoPlan, store: str, data_dir: Path, name: str) -> TuneConfig:
-    """The demo's search: learning rates and two loss weights around the CPU preset."""
+    """The demo's search: learning rates and two loss weights, every trial fine-tuning the bundled base."""
     return TuneConfig(
         name=name,
         store=store,
@@ -79,12 +80,12 @@ def tune_config(plan: DemoPlan, store: str, data_dir: Path, name: str) -> TuneCo
         reduction_factor=2,
         eval_users=min(4, plan.n_users),
         eval_content=min(8, plan.n_content),
-        base=cpu_preset(plan.image_size),
+        base=warm_start_preset(plan.image_size),
         space={
-            "train.lr_g": Param(2e-4, 3e-3, log=True),
-            "train.lr_d": Param(2e-4, 3e-3, log=True),
-            "loss.content": Param(0.1, 1.0, log=True),
-            "loss.style": Param(100.0, 1000.0, log=True),
+            "train.lr_g": Param(3e-5, 3e-4, log=True),
+            "train.lr_d": Param(1e-4, 1e-3, log=True),
+            "loss.content": Param(0.3, 3.0, log=True),
+            "loss.style": Param(1.5, 15.0, log=True),
         },
     )
 
@@ -160,7 +161,7 @@ def train_stage(
     from pstyle.store import open_store
     from pstyle.train_ray import run_base_training
 
-    config: PStyleConfig = cpu_preset(plan.image_size, plan.base_steps).with_overrides(
+    config: PStyleConfig = warm_start_preset(plan.image_size, plan.base_steps).with_overrides(
         state["tune"]["chosen"]
     )
     outcome = run_base_training(

@@ -25,9 +25,10 @@ from pstyle.adapter_jobs import user_split
 from pstyle.baselines import identity, reinhard
 from pstyle.config import ServeConfig
 from pstyle.data.folders import ContentFolder
+from pstyle.data.photos import photo_crops
 from pstyle.experiments import format_report
 from pstyle.images import save_image
-from pstyle.metrics import diversity, ssim, swd
+from pstyle.metrics import diversity, ssim, style_distance, swd
 from pstyle.serving import AdapterServer, StylizeRequest
 from pstyle.store import open_store
 
@@ -41,9 +42,8 @@ def write_report(out: Path, store: str, state: dict[str, Any], timings: dict[str
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     server = AdapterServer(ServeConfig(store=store, size=size))
-    content = torch.stack(
-        [item["image"] for item in ContentFolder(out / "data" / "content", size)][:N_CONTENT]
-    )
+    scenes = [item["image"] for item in ContentFolder(out / "data" / "content", size)][: N_CONTENT // 2]
+    content = torch.cat([photo_crops(N_CONTENT - len(scenes), size), torch.stack(scenes)])  # photos first
     store_obj = open_store(store)
     sections, metrics = [], {}
     for user in sorted(state["adapters"]["production"]):
@@ -63,9 +63,10 @@ def write_report(out: Path, store: str, state: dict[str, Any], timings: dict[str
         "<h1>pstyle demo</h1>",
         f"<p>Run <code>{html.escape(state['run'])}</code>, store <code>{html.escape(state['store'])}</code>, "
         f"{size}&times;{size} px. Held-out metrics: SWD to the user's held-out style images "
-        "(&times;10<sup>3</sup>, lower is closer to the style), content SSIM (higher keeps more "
-        "structure), diversity (mean L1 between noise seeds); "
-        f"{N_CONTENT} content images, seeds {SEEDS}.</p>",
+        "(&times;10<sup>3</sup>, lower is closer to the style), feature-statistics style distance "
+        "on the pretrained network (lower is closer), content SSIM (higher keeps more structure), "
+        "diversity (mean L1 between noise seeds); "
+        f"{N_CONTENT} content images (real photo crops, then procedural scenes), seeds {SEEDS}.</p>",
         stage_table(timings),
         "<h2>Users</h2>",
         *sections,
@@ -112,6 +113,7 @@ def user_metrics(server: AdapterServer, user: str, content: Tensor, train: Tenso
     for name, outs in outputs.items():
         scores[name] = {
             "swd": sum(swd(o, held, seed=0)["mean"] for o in outs) / len(outs),
+            "style": sum(style_distance(o, held).mean().item() for o in outs) / len(outs),
             "ssim": sum(ssim(o, content).mean().item() for o in outs) / len(outs),
             "diversity": diversity(torch.stack(outs)) if len(outs) > 1 else 0.0,
         }
@@ -165,15 +167,18 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def user_section(user: str, grid: Path, scores: dict, aliases: dict[str, int]) -> str:
-    rows = [[m, scores[m]["swd"], scores[m]["ssim"], scores[m]["diversity"]] for m in METHODS]
-    change = scores["adapter"]["swd"] / scores["base"]["swd"] - 1
+    rows = [
+        [m, scores[m]["style"], scores[m]["swd"], scores[m]["ssim"], scores[m]["diversity"]] for m in METHODS
+    ]
+    change = scores["adapter"]["style"] / scores["base"]["style"] - 1
     return (
         f"<h3>{html.escape(user)}</h3><p>adapter aliases now: "
         + ", ".join(f"{a} v{v}" for a, v in sorted(aliases.items()))
-        + f"; held-out SWD of the production adapter vs the base: {100 * change:+.1f}%.</p>"
-        + "<p class=cap>content | training style images | base | adapter | adapter, subject only</p>"
+        + f"; held-out style distance of the production adapter vs the base: {100 * change:+.1f}%.</p>"
+        + "<p class=cap>content (a real photo) | training style images | base | adapter | adapter, "
+        "subject only</p>"
         + img(grid, f"{user} grid", "grid")
-        + table(["method", "SWD", "SSIM", "diversity"], rows)
+        + table(["method", "style distance", "SWD", "SSIM", "diversity"], rows)
     )
 
 

@@ -15,11 +15,14 @@ from torch import Tensor
 
 from pstyle.baselines import BASELINES
 from pstyle.data.folders import ContentFolder, StyleUsers
-from pstyle.metrics import code_consistency, diversity, ssim, swd
+from pstyle.metrics import code_consistency, content_distance, diversity, ssim, style_distance, swd
 from pstyle.model import StyleModel
 from pstyle.train import HOLDOUT_PER_USER
 
 Method = Callable[[Tensor, Tensor], Tensor]  # (content (B,3,H,W), style set (K,3,H,W)) -> outputs
+# Per method: SWD and feature-statistics style distance to held-out style images (lower is better),
+# content SSIM (higher) and perceptual content distance (lower), the same measures as on photos.
+SCORES = ("swd", "ssim", "style", "content")
 
 
 def model_method(model: StyleModel, seed: int = 0) -> Method:
@@ -34,7 +37,7 @@ def evaluate(
     n_content: int = 8,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Mean SWD-to-held-out-style (x1e3, lower is better) and content SSIM (higher) per method."""
+    """Mean of each of `SCORES` per method."""
     content, users = _load(Path(data_dir), image_size, n_content)
     return _score(methods, content, users, n_users, seed)
 
@@ -42,13 +45,15 @@ def evaluate(
 def _score(
     methods: dict[str, Method], content: Tensor, users: StyleUsers, n_users: int, seed: int
 ) -> dict[str, dict[str, float]]:
-    scores: dict[str, dict[str, list[float]]] = {name: {"swd": [], "ssim": []} for name in methods}
+    scores: dict[str, dict[str, list[float]]] = {name: {m: [] for m in SCORES} for name in methods}
     for uid in users.user_ids[:n_users]:
         train, held = users.split(uid, holdout=HOLDOUT_PER_USER, seed=seed)
         for name, method in methods.items():
             out = method(content, train)
             scores[name]["swd"].append(swd(out, held, seed=seed)["mean"])
             scores[name]["ssim"].append(ssim(out, content).mean().item())
+            scores[name]["style"].append(style_distance(out, held).mean().item())
+            scores[name]["content"].append(content_distance(out, content).mean().item())
     return {name: {k: sum(v) / len(v) for k, v in s.items()} for name, s in scores.items()}
 
 
@@ -84,9 +89,9 @@ def evaluate_model(
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'method':<12}{'SWD x1e3 (lower)':>18}{'SSIM (higher)':>15}"]
+    lines = [f"{'method':<12}{'SWD x1e3 (l)':>14}{'style (l)':>11}{'SSIM (h)':>10}{'content (l)':>13}"]
     for name, s in report["methods"].items():
-        lines.append(f"{name:<12}{s['swd']:>18.2f}{s['ssim']:>15.3f}")
+        lines.append(f"{name:<12}{s['swd']:>14.2f}{s['style']:>11.3f}{s['ssim']:>10.3f}{s['content']:>13.3f}")
     extras = report.get("model", {})
     if extras:
         lines.append(

@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pstyle.models.features import gram
-
 
 def d_hinge_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """Hinge loss for D: only patches on the wrong side of the margin give gradient (SNGAN)."""
@@ -29,21 +27,55 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
 
 
 def content_loss(out_feats: list[Tensor], content_feats: list[Tensor]) -> Tensor:
-    """Deepest features must match the content's: keeps layout and objects, not colours and texture."""
-    return F.mse_loss(out_feats[-1], content_feats[-1])
+    """The two deepest feature maps, each instance-normalised, must match the content's: layout and
+    objects, with the channel statistics (colour and texture, the style's job) taken out."""
+    return sum(
+        F.mse_loss(normalized(fo), normalized(fc))
+        for fo, fc in zip(out_feats[-2:], content_feats[-2:], strict=True)
+    ) / len(out_feats[-2:])
 
 
-def style_loss(out_feats: list[Tensor], style_grams: list[Tensor]) -> Tensor:
-    """Centred Gram matrices at every scale must match the style set's mean Gram: texture.
+def normalized(feat: Tensor) -> Tensor:
+    """Zero mean and unit variance per channel and image: a feature map's layout without its style."""
+    mean = feat.mean(dim=(2, 3), keepdim=True)
+    return (feat - mean) / (feat.var(dim=(2, 3), keepdim=True, correction=0) + 1e-5).sqrt()
 
-    style_grams[i] is (B, C, C): the mean over each sample's K style images (`style_set_grams`).
+
+def feature_stats(feat: Tensor) -> tuple[Tensor, Tensor]:
+    """(B,C,H,W) -> channel mean and standard deviation, (B,C) each."""
+    return feat.mean(dim=(2, 3)), (feat.var(dim=(2, 3), correction=0) + 1e-5).sqrt()
+
+
+def style_loss(out_feats: list[Tensor], style_stats: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Channel mean and std at every scale must match the style set's (AdaIN's style loss).
+
+    Gram matrices on a non-VGG network give noisy high-frequency textures (Wang et al., CVPR 2021);
+    first and second moments per channel steer colour and texture energy without that failure.
+    style_stats[i] is (mean, std), each (B, C): the style set's pooled statistics (`style_set_stats`).
     """
-    return sum(F.mse_loss(gram(f), g) for f, g in zip(out_feats, style_grams, strict=True)) / len(out_feats)
+    total = out_feats[0].new_zeros(())
+    for feat, (mean_s, std_s) in zip(out_feats, style_stats, strict=True):
+        mean_o, std_o = feature_stats(feat)
+        total = total + F.mse_loss(mean_o, mean_s) + F.mse_loss(std_o, std_s)
+    return total / len(out_feats)
 
 
-def style_set_grams(style_feats: list[Tensor], set_size: int) -> list[Tensor]:
-    """Mean Gram per style set: features of B*K images -> B targets, order-independent in K."""
-    return [gram(f).reshape(-1, set_size, f.shape[1], f.shape[1]).mean(dim=1) for f in style_feats]
+def style_set_stats(style_feats: list[Tensor], set_size: int) -> list[tuple[Tensor, Tensor]]:
+    """Pooled channel mean/std per style set: features of B*K images -> B targets, order-free in K."""
+    stats = []
+    for f in style_feats:
+        f = f.reshape(-1, set_size, *f.shape[1:])  # (B, K, C, H, W)
+        mean = f.mean(dim=(1, 3, 4))
+        var = (f - mean[:, None, :, None, None]).square().mean(dim=(1, 3, 4))
+        stats.append((mean, (var + 1e-5).sqrt()))
+    return stats
+
+
+def total_variation(images: Tensor) -> Tensor:
+    """Mean absolute difference of neighbouring pixels: damps checkerboard and speckle artifacts."""
+    return (images[..., 1:, :] - images[..., :-1, :]).abs().mean() + (
+        images[..., :, 1:] - images[..., :, :-1]
+    ).abs().mean()
 
 
 def sliced_wasserstein_loss(

@@ -1,14 +1,23 @@
-"""Evaluation metrics that need no pretrained network, so every number is reproducible offline.
+"""Evaluation metrics. Pixel-space ones need no network; perceptual ones use the pretrained trunk
+that ships as a package, so every number is reproducible offline.
 
 - `swd`: sliced Wasserstein distance on Laplacian-pyramid patches (Karras et al. 2018), how close the
   outputs' local texture statistics are to the target style's.
 - `ssim`: structural similarity on luminance, how much content structure the output keeps.
+- `content_distance`: LPIPS-like distance on pretrained features (SSIM alone rewards blur).
+- `style_distance`: pretrained feature mean/std distance to the style set (AdaIN's style measure).
+- `color_distance`: sliced Wasserstein distance between Lab colour distributions.
 - `diversity`, `code_consistency`: does noise change the output, and does the output carry the style code.
 """
+
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pstyle.baselines import rgb_to_lab
+from pstyle.models.backbone import Trunk
 
 _PATCH = 7  # neighbourhood size of the SWD descriptors (7x7x3 = 147-D)
 
@@ -189,3 +198,68 @@ def code_consistency(codes_out: Tensor, codes_target: Tensor) -> float:
 def style_metrics(outputs: Tensor, content: Tensor, styles: Tensor, seed: int = 0) -> dict[str, float]:
     """The two numbers every table reports: style match (SWD to the style set) and content kept (SSIM)."""
     return {"swd": swd(outputs, styles, seed=seed)["mean"], "ssim": ssim(outputs, content).mean().item()}
+
+
+# ----------------------------------------------------------------------------- perceptual metrics
+
+
+@functools.cache
+def _trunk(device: str) -> Trunk:
+    return Trunk().to(device)
+
+
+def _features(images: Tensor) -> list[Tensor]:
+    return _trunk(str(images.device))(images.float())
+
+
+@torch.no_grad()
+def content_distance(outputs: Tensor, content: Tensor) -> Tensor:
+    """Per image (B,): LPIPS-like distance on the pretrained trunk at strides 4, 8 and 16.
+
+    Each pixel's feature vector is unit-normalised over channels (as LPIPS does), so the distance
+    measures what is where, not how strongly; squared differences are averaged over pixels and taps.
+    """
+    total = outputs.new_zeros(len(outputs), dtype=torch.float32)
+    taps = list(zip(_features(outputs), _features(content), strict=True))[1:]
+    for fo, fc in taps:
+        diff = F.normalize(fo, dim=1) - F.normalize(fc, dim=1)
+        total = total + diff.square().sum(dim=1).mean(dim=(1, 2))
+    return total / len(taps)
+
+
+@torch.no_grad()
+def style_distance(outputs: Tensor, styles: Tensor) -> Tensor:
+    """Per image (B,): distance of each output's pretrained feature mean/std to the style set's.
+
+    The set (K,3,H,W) is one distribution: its statistics pool every pixel of every image. Per tap,
+    the RMS difference of channel means plus that of channel standard deviations, averaged over taps.
+    """
+    total = outputs.new_zeros(len(outputs), dtype=torch.float32)
+    feats_o, feats_s = _features(outputs), _features(styles)
+    for fo, fs in zip(feats_o, feats_s, strict=True):
+        mean_s = fs.mean(dim=(0, 2, 3))
+        std_s = (fs - mean_s[None, :, None, None]).square().mean(dim=(0, 2, 3)).sqrt()
+        mean_o, std_o = fo.mean(dim=(2, 3)), fo.std(dim=(2, 3), correction=0)
+        total = (
+            total
+            + (mean_o - mean_s).square().mean(dim=1).sqrt()
+            + (std_o - std_s).square().mean(dim=1).sqrt()
+        )
+    return total / len(feats_o)
+
+
+@torch.no_grad()
+def color_distance(outputs: Tensor, styles: Tensor, seed: int = 0, n_pixels: int = 4096) -> Tensor:
+    """Per image (B,): sliced Wasserstein-1 between the output's and the style set's Lab pixel colours.
+
+    Whole colour distributions, not only their mean and spread (which Reinhard matches by design).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    lab_s = rgb_to_lab(styles.float()).permute(1, 0, 2, 3).reshape(3, -1)
+    lab_o = rgb_to_lab(outputs.float()).flatten(2)  # (B, 3, HW)
+    pick_s = torch.randint(lab_s.shape[1], (n_pixels,), generator=gen).to(lab_s.device)
+    pick_o = torch.randint(lab_o.shape[2], (n_pixels,), generator=gen).to(lab_o.device)
+    dirs = F.normalize(torch.randn(3, 64, generator=gen), dim=0).to(lab_s.device)
+    proj_s = (lab_s[:, pick_s].T @ dirs).sort(dim=0).values  # (n, 64)
+    proj_o = (lab_o[:, :, pick_o].transpose(1, 2) @ dirs).sort(dim=1).values  # (B, n, 64)
+    return (proj_o - proj_s[None]).abs().mean(dim=(1, 2))

@@ -15,7 +15,7 @@ class StyleModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = StyleEncoder(cfg)
+        self.encoder = StyleEncoder()
         self.generator = Generator(cfg)
         self.discriminator = Discriminator(cfg)
         self.segmenter = Segmenter(cfg)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from pstyle import losses
 from pstyle.config import LossConfig
 from pstyle.model import StyleModel
+from pstyle.models.encoder import codes_from_features, split_code
 from pstyle.models.features import FeatureExtractor
 
 
@@ -27,6 +28,8 @@ class Batch:
     styles: Tensor  # (B, K, 3, S, S): the style set the encoder pools
     real: Tensor  # (B, 3, S, S): a real image of the same style, for D
     masks: Tensor | None = None  # (B, 1, S, S) subject masks, when the data has them
+    mask_valid: Tensor | None = None  # (B,) which samples' masks are real (photos have none); None: all
+    codes: Tensor | None = None  # (B, D) the style sets' codes, filled in once by `style_codes`
 
 
 @contextlib.contextmanager
@@ -41,34 +44,47 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def style_codes(model: StyleModel, batch: Batch) -> Tensor:
+    """The batch's style codes, encoded once per step: the encoder is frozen, so both phases share them."""
+    if batch.codes is None:
+        with torch.no_grad():
+            batch.codes = model.encoder(batch.styles)
+    return batch.codes
+
+
 def generator_phase(
     model: StyleModel, features: FeatureExtractor, batch: Batch, weights: LossConfig
 ) -> tuple[Tensor, dict[str, float]]:
-    """G main: adversarial + content + style + code consistency + diversity.
+    """G main: adversarial + content + style + code consistency + diversity + total variation.
 
     Every content image is rendered with two noise draws, which the diversity term compares and
     the other terms both use (twice the samples for one extra generator pass).
     """
     b, k = batch.styles.shape[:2]
-    codes = model.encoder(batch.styles)  # (B, D); the encoder learns through the generator
+    codes = style_codes(model, batch)
     content2, codes2 = batch.content.repeat(2, 1, 1, 1), codes.repeat(2, 1)
     noise = model.generator.make_noise(content2)
     fake = model.generator(content2, codes2, noise)  # (2B, 3, S, S)
 
+    shared = features.shares_trunk_with_encoder
     with torch.no_grad():
-        style_grams = losses.style_set_grams(features(batch.styles.flatten(0, 1)), k)
+        if shared:  # the code already holds the style set's pooled statistics on this very network
+            style_stats = [(m.flatten(1), s.flatten(1)) for m, s in split_code(codes)]
+        else:
+            style_stats = losses.style_set_stats(features(batch.styles.flatten(0, 1)), k)
         content_feats = [f.repeat(2, 1, 1, 1) for f in features(batch.content)]
     fake_feats = features(fake)
     with frozen(model.discriminator):
-        adv = losses.g_hinge_loss(model.discriminator(fake, codes2.detach()))
-    with frozen(model.encoder):  # else the encoder could satisfy the term by collapsing all codes
-        code = losses.code_consistency_loss(model.encoder(fake.unsqueeze(1)), codes2)
+        adv = losses.g_hinge_loss(model.discriminator(fake, codes2))
+    fake_codes = codes_from_features(fake_feats) if shared else model.encoder(fake.unsqueeze(1))
+    code = losses.code_consistency_loss(fake_codes, codes2)
     terms = {
         "adversarial": adv,
         "content": losses.content_loss(fake_feats, content_feats),
-        "style": losses.style_loss(fake_feats, [g.repeat(2, 1, 1) for g in style_grams]),
+        "style": losses.style_loss(fake_feats, [(m.repeat(2, 1), s.repeat(2, 1)) for m, s in style_stats]),
         "code": code,
         "diversity": losses.diversity_loss(fake[:b], fake[b:], noise[:b], noise[b:]),
+        "tv": losses.total_variation(fake),
     }
     total = sum(getattr(weights, name) * value for name, value in terms.items())
     return total, {f"g_{name}": value.item() for name, value in terms.items()}
@@ -81,8 +97,8 @@ def discriminator_phase(
 
     The R1 term is scaled by r1_every so its average strength matches an every-step penalty.
     """
+    codes = style_codes(model, batch)
     with torch.no_grad():
-        codes = model.encoder(batch.styles)
         fake = model.generator(batch.content, codes, model.generator.make_noise(batch.content))
     real = batch.real.detach().requires_grad_(regularize)
     real_logits = model.discriminator(real, codes)
@@ -97,6 +113,13 @@ def discriminator_phase(
 
 def segmenter_phase(model: StyleModel, batch: Batch) -> tuple[Tensor, dict[str, float]]:
     """Subject segmentation on the synthetic scenes' ground-truth masks."""
-    assert batch.masks is not None, "segmenter training needs masks"
-    loss = losses.segmentation_loss(model.segmenter(batch.content), batch.masks)
+    if batch.masks is None:
+        raise ValueError("segmenter training needs masks")
+    content, masks = batch.content, batch.masks
+    if batch.mask_valid is not None:
+        content, masks = content[batch.mask_valid], masks[batch.mask_valid]
+    if len(content) == 0:  # only photos this step: a zero loss that still gives every parameter a
+        # (zero) gradient, so data-parallel ranks all-reduce the same tensors whatever they sampled
+        return sum(p.sum() for p in model.segmenter.parameters()) * 0.0, {"seg": float("nan")}
+    loss = losses.segmentation_loss(model.segmenter(content), masks)
     return loss, {"seg": loss.item()}

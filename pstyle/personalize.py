@@ -15,7 +15,8 @@ The personalization loss for one user:
                                  low ratings must end up farther away than the user's own style;
   regularisation                 L2 on the adapter weights and a pull toward the base output, so a
                                  handful of images cannot drag the generator anywhere it likes;
-  early stopping                 on the user's held-out style images (SWD), keeping the best state.
+  early stopping                 on the user's held-out style images (feature-statistics style
+                                 distance), keeping the best state.
 
 Several users can train together (`GroupPersonalizer`): one optimizer step advances every user of
 the group, with their samples in one batch, each through its own adapter.
@@ -55,15 +56,16 @@ from pstyle.adapters.lora import PerSample
 from pstyle.checkpoint import fingerprint, load_checkpoint
 from pstyle.config import LossConfig, PStyleConfig, from_dict
 from pstyle.images import load_image
-from pstyle.metrics import laplacian_pyramid, ssim, swd
+from pstyle.metrics import laplacian_pyramid, ssim, style_distance, swd
 from pstyle.model import StyleModel
-from pstyle.models.features import FeatureExtractor, gram
+from pstyle.models.features import FeatureExtractor
 
 THUMBS = {"up": 5, "down": 1}
 ForwardMode = Literal["mixed", "grouped"]
 SWD_PATCH = 7  # patch side of the SWD descriptors, as `metrics.swd`
 SWD_MIN_RES = 16  # coarsest pyramid level, as `metrics.swd`
 SCHEDULES = ("cosine", "constant")
+SELECT_ON = "style"  # early stopping keeps the state with the lowest held-out style distance
 
 
 @dataclass
@@ -148,25 +150,32 @@ class Feedback:
         return cls(torch.stack(images), torch.tensor(weights, dtype=torch.float32))
 
 
+def style_descriptors(feats: list[Tensor]) -> list[Tensor]:
+    """Per tap, each image's channel mean and std side by side: (B, 2C), what the style loss compares."""
+    return [torch.cat(losses.feature_stats(f), dim=1) for f in feats]
+
+
 def feedback_loss(
-    out_grams: list[Tensor],
-    target_grams: list[Tensor],
+    out_desc: list[Tensor],
+    style_desc: list[Tensor],
     feedback: Feedback,
-    feats: list[Tensor],
+    feedback_desc: list[Tensor],
     margin: float,
 ) -> Tensor:
-    """Liked outputs pull (weighted Gram distance); disliked ones push: the output must be closer to
-    the user's style than to each disliked image by a relative margin (a triplet hinge)."""
-    total = out_grams[0].new_zeros(())
-    for g_out, g_style, f_fb in zip(out_grams, target_grams, feats, strict=True):
-        g_fb = gram(f_fb)  # (N, C, C)
-        d_fb = (g_out[:, None] - g_fb[None]).square().mean(dim=(2, 3))  # (B, N)
-        d_style = (g_out - g_style).square().mean(dim=(1, 2))[:, None]  # (B, 1)
+    """Liked outputs pull (weighted feature-statistics distance); disliked ones push: the output must be
+    closer to the user's style than to each disliked image by a relative margin (a triplet hinge).
+
+    out_desc[i] (B, 2C), style_desc[i] (1, 2C), feedback_desc[i] (N, 2C): `style_descriptors` per tap.
+    """
+    total = out_desc[0].new_zeros(())
+    for d_out, d_style_target, d_fb_images in zip(out_desc, style_desc, feedback_desc, strict=True):
+        d_fb = (d_out[:, None] - d_fb_images[None]).square().mean(dim=2)  # (B, N)
+        d_style = (d_out - d_style_target).square().mean(dim=1, keepdim=True)  # (B, 1)
         w = feedback.weights.to(d_fb)
         pull = (d_fb * w.clamp(min=0)).mean()
         push = (F.relu((1 + margin) * d_style - d_fb) * (-w).clamp(min=0)).mean()
         total = total + pull + push
-    return total / len(out_grams)
+    return total / len(out_desc)
 
 
 def patch_swd_loss(out: Tensor, target_pyramid: list[Tensor], patches_per_image: int = 128,
@@ -209,11 +218,11 @@ def _random_patches(level: Tensor, n: int) -> Tensor:
 class _Targets:
     """One user's fixed loss targets, computed once from their training style images."""
 
-    feats: list[Tensor]  # random-feature maps of the training images, shallow to deep
-    grams: list[Tensor]  # their mean centred Gram per level, (1, C, C)
+    feats: list[Tensor]  # feature maps of the training images, shallow to deep
+    stats: list[tuple[Tensor, Tensor]]  # their pooled channel mean and std per level, (1, C) each
     pyramid: list[Tensor]  # Laplacian pyramid of the training images (patch SWD)
     feedback: Feedback | None
-    feedback_feats: list[Tensor] | None
+    feedback_desc: list[Tensor] | None  # `style_descriptors` of the rated images
 
 
 @contextmanager
@@ -305,19 +314,21 @@ class GroupPersonalizer:
 
     @torch.no_grad()
     def score(self, content: Tensor, users: list[str], adapter: bool) -> dict[str, dict[str, float]]:
-        """Per user: SWD to their held-out style images and content SSIM, averaged over `eval_seeds`
-        fixed noise/patch seeds; with the adapters (and learned codes) or the base (encoder codes)."""
+        """Per user: feature-statistics style distance and SWD to their held-out style images and content
+        SSIM, averaged over `eval_seeds` fixed noise/patch seeds; with the adapters (and learned codes)
+        or the base (encoder codes)."""
         self.generator.eval()  # adapter dropout off; the base path has no train-time behaviour
         k, n = len(users), len(content)
         codes = torch.cat(
             [(self.codes[u].detach() if adapter else self.base_codes[u]).expand(n, -1) for u in users]
         )
-        scores = {u: {"swd": 0.0, "ssim": 0.0} for u in users}
+        scores = {u: {"style": 0.0, "swd": 0.0, "ssim": 0.0} for u in users}
         for s in range(self.cfg.eval_seeds):
             noise = self.generator.make_noise(content, seed=self.cfg.seed + s).repeat(k, 1, 1, 1)
             out = self._render(content.repeat(k, 1, 1, 1), codes, noise, users if adapter else None)
             for i, u in enumerate(users):
                 part = out[i * n : (i + 1) * n].clamp(0, 1)
+                scores[u]["style"] += style_distance(part, self.held[u]).mean().item() / self.cfg.eval_seeds
                 scores[u]["swd"] += (
                     swd(part, self.held[u], seed=self.cfg.seed + s)["mean"] / self.cfg.eval_seeds
                 )
@@ -342,10 +353,10 @@ class GroupPersonalizer:
                 feats = self.features(train)
                 self.targets[user] = _Targets(
                     feats=feats,
-                    grams=[gram(f).mean(dim=0, keepdim=True) for f in feats],
+                    stats=losses.style_set_stats(feats, len(train)),
                     pyramid=laplacian_pyramid(train, SWD_MIN_RES),
                     feedback=fb,
-                    feedback_feats=self.features(fb.images.to(train)) if fb is not None else None,
+                    feedback_desc=style_descriptors(self.features(fb.images.to(train))) if fb else None,
                 )
             inject_adapter(self.generator, user, cfg.adapter, style_code=self.base_codes[user])
             self.codes[user] = style_code(self.generator, user)
@@ -373,7 +384,8 @@ class GroupPersonalizer:
             part, t = slice(i * n, (i + 1) * n), self.targets[user]
             f_user = [f[part] for f in feats]
             per_user["style"].append(
-                w.style * losses.style_loss(f_user, [g.expand(n, -1, -1) for g in t.grams])
+                w.style
+                * losses.style_loss(f_user, [(m.expand(n, -1), sd.expand(n, -1)) for m, sd in t.stats])
             )
             per_user["sliced_wasserstein"].append(
                 cfg.sliced_wasserstein * losses.sliced_wasserstein_loss(f_user, t.feats)
@@ -381,10 +393,12 @@ class GroupPersonalizer:
             if cfg.patch_swd:
                 per_user["patch_swd"].append(cfg.patch_swd * patch_swd_loss(out[part], t.pyramid))
             if t.feedback is not None:
-                grams = [gram(f) for f in f_user]
+                target = [torch.cat(pair, dim=1) for pair in t.stats]
                 per_user["feedback"].append(
                     cfg.feedback
-                    * feedback_loss(grams, t.grams, t.feedback, t.feedback_feats, cfg.feedback_margin)
+                    * feedback_loss(
+                        style_descriptors(f_user), target, t.feedback, t.feedback_desc, cfg.feedback_margin
+                    )
                 )
         terms.update({name: sum(values) for name, values in per_user.items() if values})
         return terms
@@ -419,7 +433,7 @@ class GroupPersonalizer:
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, partial(_lr_factor, cfg.schedule, cfg.steps))
         before = self.score(report, users, adapter=False)
         initial = self.score(select, users, adapter=True)  # == the base: zero deltas, encoder codes
-        best = {u: {"step": 0, "swd": initial[u]["swd"]} for u in users}
+        best = {u: {"step": 0, SELECT_ON: initial[u][SELECT_ON]} for u in users}
         best_state = {u: _clone(adapter_state_dict(self.generator, u)) for u in users}
         stale, steps_run, active = dict.fromkeys(users, 0), dict.fromkeys(users, 0), list(users)
         label = users[0] if len(users) == 1 else f"{len(users)} users"
@@ -445,16 +459,15 @@ class GroupPersonalizer:
                 continue
             current = self.score(select, active, adapter=True)
             for u in list(active):
-                if current[u]["swd"] < best[u]["swd"]:
-                    best[u], stale[u] = {"step": step, "swd": current[u]["swd"]}, 0
+                if current[u][SELECT_ON] < best[u][SELECT_ON]:
+                    best[u], stale[u] = {"step": step, SELECT_ON: current[u][SELECT_ON]}, 0
                     best_state[u] = _clone(adapter_state_dict(self.generator, u))
                 else:
                     stale[u] += 1
                     if stale[u] >= cfg.patience:
                         active.remove(u)
-            bar.set_postfix(
-                active=len(active), swd=f"{sum(c['swd'] for c in current.values()) / len(current):.1f}"
-            )
+            mean_style = sum(c[SELECT_ON] for c in current.values()) / len(current)
+            bar.set_postfix(active=len(active), style=f"{mean_style:.3f}")
             if not active:
                 break
         for u in users:

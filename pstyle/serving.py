@@ -30,6 +30,7 @@ from pstyle.inference import fit_to_stride
 from pstyle.models.generator import DOWNSAMPLING
 from pstyle.registry import Registry, RegistryError
 from pstyle.store import open_store
+from pstyle.subjects import subject_mask
 
 REGIONS = ("all", "subject", "background", "mask")
 
@@ -169,7 +170,7 @@ class AdapterServer:
         if requests[0].region == "all":
             return None
         needs_subject = any(r.region in ("subject", "background") for r in requests)
-        subject = self.model.subject_mask(content) if needs_subject else None
+        subject = subject_mask(content) if needs_subject else None
         masks = []
         for i, r in enumerate(requests):
             if r.region == "mask":

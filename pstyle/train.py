@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from pstyle.checkpoint import load_checkpoint, load_train_state, read_meta, save_checkpoint
 from pstyle.config import PStyleConfig
+from pstyle.data.augment import augment
 from pstyle.data.folders import ContentFolder, StyleUsers
 from pstyle.images import save_image
 from pstyle.model import StyleModel
@@ -25,6 +26,17 @@ from pstyle.objective import Batch, discriminator_phase, generator_phase, segmen
 HOLDOUT_PER_USER = 2  # style images per user kept out of training, for honest evaluation
 
 
+def initial_weights(config: PStyleConfig) -> StyleModel:
+    """The checkpoint `train.init_from` names ("bundled" or a folder), checked to be this architecture."""
+    from pstyle.bundled import resolve_model_dir
+
+    source = config.train.init_from
+    model, meta = load_checkpoint(resolve_model_dir(None if source == "bundled" else Path(source)))
+    if PStyleConfig.from_dict(meta["config"]).model != config.model:
+        raise ValueError(f"train.init_from={source!r} has another architecture than model: {config.model}")
+    return model
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -32,14 +44,24 @@ def seed_everything(seed: int) -> None:
 
 
 class TrainingData:
-    """Pairs random content images with random users' style sets, from a `pstyle data synth` folder.
-
-    Only each user's training split is used; the held-out images stay unseen for evaluation.
-    Everything is held in memory as tensors: the datasets this trains on are small.
+    """Pairs content images with style sets: procedural scenes and users from a `pstyle data synth`
+    folder, plus real images that are re-cropped for every sample: `photos` as content (an augmented
+    crop) and `style_photos` (default: the photos) as styles (a set of crops of one image: one
+    consistent look). Only each synthetic user's training split is used; held-out images stay
+    unseen for evaluation. Everything is held in memory as tensors: these datasets are small.
     """
 
-    def __init__(self, root: Path, image_size: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        image_size: int,
+        seed: int = 0,
+        photos: list[torch.Tensor] | None = None,
+        style_photos: list[torch.Tensor] | None = None,
+        photo_fraction: float = 0.5,
+    ) -> None:
         root = Path(root)
+        self.image_size = image_size
         content_dir = root / "content"
         has_masks = (content_dir / "masks").is_dir()
         content = ContentFolder(content_dir, image_size, with_masks=has_masks)
@@ -49,23 +71,47 @@ class TrainingData:
         users = StyleUsers(root / "styles", image_size)
         self.user_ids = users.user_ids
         self.style_sets = [users.split(uid, holdout=HOLDOUT_PER_USER, seed=seed)[0] for uid in self.user_ids]
+        self.photos = list(photos or [])
+        self.style_photos = list(self.photos if style_photos is None else style_photos)
+        self.photo_fraction = photo_fraction if self.photos else 0.0
         self.generator = torch.Generator().manual_seed(seed)
 
     def sample(
         self, batch_size: int, set_size: int, device: torch.device, generator: torch.Generator | None = None
     ) -> Batch:
         g = generator or self.generator
-        idx = torch.randint(len(self.content), (batch_size,), generator=g)
-        users = torch.randint(len(self.style_sets), (batch_size,), generator=g)
-        styles, real = [], []
-        for u in users.tolist():
-            images = self.style_sets[u]
-            pick = torch.randint(len(images), (set_size + 1,), generator=g)  # with replacement: K may exceed
-            styles.append(images[pick[:set_size]])
-            real.append(images[pick[set_size]])
-        masks = self.masks[idx].to(device) if self.masks is not None else None
+        size = self.image_size
+        content, masks, valid, styles, real = [], [], [], [], []
+        n_users = len(self.style_sets) + len(self.style_photos)
+        for _ in range(batch_size):
+            if torch.rand((), generator=g).item() < self.photo_fraction:
+                photo = self.photos[int(torch.randint(len(self.photos), (), generator=g))]
+                content.append(augment(photo, size, g))
+                masks.append(torch.zeros(1, size, size))
+                valid.append(False)
+            else:
+                i = int(torch.randint(len(self.content), (), generator=g))
+                content.append(self.content[i])
+                masks.append(self.masks[i] if self.masks is not None else torch.zeros(1, size, size))
+                valid.append(self.masks is not None)
+            user = int(torch.randint(n_users, (), generator=g))
+            if user < len(self.style_sets):
+                images = self.style_sets[user]
+                pick = torch.randint(len(images), (set_size + 1,), generator=g)  # with replacement
+                styles.append(images[pick[:set_size]])
+                real.append(images[pick[set_size]])
+            else:
+                photo = self.style_photos[user - len(self.style_sets)]
+                crops = torch.stack([augment(photo, size, g, jitter=False) for _ in range(set_size + 1)])
+                styles.append(crops[:set_size])
+                real.append(crops[set_size])
+        has_masks = self.masks is not None  # a property of the dataset, so every Ray Train rank agrees
         return Batch(
-            self.content[idx].to(device), torch.stack(styles).to(device), torch.stack(real).to(device), masks
+            torch.stack(content).to(device),
+            torch.stack(styles).to(device),
+            torch.stack(real).to(device),
+            torch.stack(masks).to(device) if has_masks else None,
+            torch.tensor(valid, device=device) if has_masks else None,
         )
 
 
@@ -77,10 +123,12 @@ class BaseTrainer:
         self.device = torch.device(device)
         seed_everything(config.train.seed)
         self.model = StyleModel(config.model).to(self.device)
+        if config.train.init_from:
+            self.model.load_state_dict(initial_weights(config).state_dict())
         self.features = FeatureExtractor(config.features).to(self.device)
         t = config.train
         betas = (t.beta1, t.beta2)
-        g_params = [*self.model.generator.parameters(), *self.model.encoder.parameters()]
+        g_params = [p for p in self.model.generator.parameters() if p.requires_grad]  # the trunk is frozen
         # Lazy R1 (StyleGAN2-ADA): D's lr and betas shrink by k/(k+1) to keep the same effective step.
         ratio = config.loss.r1_every / (config.loss.r1_every + 1)
         self.opt_g = torch.optim.Adam(g_params, lr=t.lr_g, betas=betas)
@@ -162,6 +210,19 @@ class BaseTrainer:
         self.step_count = meta["step"]
 
 
+def training_data(config: PStyleConfig, data_dir: Path) -> TrainingData:
+    """The data a config trains on: the folder's scenes and users, plus the shipped real images."""
+    t = config.train
+    photos, styles = None, None
+    if t.real_images:
+        from pstyle.data.photos import PHOTOS, load_training_images
+
+        images = load_training_images(include_styles=True)
+        photos = [image for name, image in images.items() if name in PHOTOS]
+        styles = list(images.values())
+    return TrainingData(data_dir, t.image_size, t.seed, photos, styles, t.photo_fraction)
+
+
 def train_base(
     config: PStyleConfig, data_dir: Path, out_dir: Path, device: str = "cpu", progress: bool = True
 ) -> Path:
@@ -169,7 +230,7 @@ def train_base(
     out_dir = Path(out_dir)
     t = config.train
     trainer = BaseTrainer(config, device)
-    data = TrainingData(data_dir, t.image_size, seed=t.seed)
+    data = training_data(config, data_dir)
     if (out_dir / "meta.json").is_file():
         if PStyleConfig.from_dict(read_meta(out_dir)["config"]).model != config.model:
             raise ValueError(

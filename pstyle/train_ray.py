@@ -48,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from pstyle.checkpoint import read_meta
 from pstyle.config import PStyleConfig
 from pstyle.ids import validate_id
-from pstyle.train import BaseTrainer, TrainingData
+from pstyle.train import BaseTrainer, TrainingData, training_data
 
 STORAGE_PREFIX = "ray/train"  # store prefix of Ray Train's runs (checkpoints, run state)
 CANDIDATE_ALIAS = "candidate"
@@ -174,7 +174,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     trainer = BaseTrainer(config, device)  # same seed everywhere: same initial weights
-    data = TrainingData(Path(loop_config["data"]), t.image_size, seed=t.seed)  # same held-out split
+    data = training_data(config, Path(loop_config["data"]))  # same held-out split
     trace = Trace(loop_config.get("trace_dir"), rank)
     initial_digest = state_digest(trainer.model)
     if world > 1:

@@ -60,7 +60,7 @@ class Param:
 
 
 def default_space() -> dict[str, Param]:
-    """The issue's search space; ranges bracket the literature values noted in `pstyle.config`."""
+    """The default search space; ranges bracket the literature values noted in `pstyle.config`."""
     return {
         # TTUR: separate generator and discriminator learning rates (SAGAN: 1e-4 / 4e-4).
         "train.lr_g": Param(5e-5, 2e-3, log=True),
@@ -68,17 +68,17 @@ def default_space() -> dict[str, Param]:
         # Adam betas: (0, 0.99) StyleGAN2-ADA, (0, 0.9) SNGAN, (0.5, 0.999) DCGAN-style.
         "train.beta1": Param(choices=[0.0, 0.5]),
         "train.beta2": Param(choices=[0.9, 0.99]),
-        # Loss weights, log-scaled around the defaults (adversarial 1, content 0.3, style 300). Content
-        # reaches 30: at short budgets only content >= ~5 kept SSIM above 0.3 (docs/benchmarks.md).
-        "loss.adversarial": Param(0.1, 3.0, log=True),
-        "loss.content": Param(0.03, 30.0, log=True),
-        "loss.style": Param(30.0, 3000.0, log=True),
+        # Loss weights, log-scaled a decade either side of the defaults in `pstyle.config.LossConfig`.
+        "loss.adversarial": Param(0.005, 0.5, log=True),
+        "loss.content": Param(0.1, 10.0, log=True),
+        "loss.style": Param(0.5, 50.0, log=True),
+        "loss.tv": Param(0.1, 10.0, log=True),
         "loss.diversity": Param(0.0, 1.0),
         # R1: 0.01 (CIFAR) .. 10 (StyleGAN2-ADA default) .. 1 at 256 px.
         "loss.r1_gamma": Param(0.01, 10.0, log=True),
-        "model.channels": Param(choices=[8, 16, 32]),
+        "model.channels": Param(choices=[8, 16, 24, 32]),
         "model.res_blocks": Param(choices=[1, 2, 4]),
-        "model.style_dim": Param(choices=[16, 32, 64]),
+        "model.w_dim": Param(choices=[16, 32, 64]),
         "train.batch_size": Param(choices=[4, 8]),
     }
 

@@ -66,7 +66,7 @@ def run_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
 
     from pstyle.baselines import identity
     from pstyle.evaluate import evaluate
-    from pstyle.train import BaseTrainer, TrainingData
+    from pstyle.train import BaseTrainer, training_data
 
     cfg = TuneConfig.from_dict(settings)
     torch.set_num_threads(max(1, math.floor(cfg.cpus_per_trial)))
@@ -74,7 +74,7 @@ def run_trial(params: dict[str, Any], settings: dict[str, Any]) -> None:
     config = cfg.trial_config(params)
     size = config.train.image_size
     data_dir = trial_data(cfg)
-    data = TrainingData(data_dir, size, seed=config.train.seed)
+    data = training_data(config, data_dir)
     trainer = BaseTrainer(config, device)
     starts = 1
     checkpoint = tune.get_checkpoint()

@@ -20,15 +20,7 @@ def _deterministic() -> None:
 @pytest.fixture
 def small_model_cfg() -> ModelConfig:
     """A narrow model: every code path, a fraction of the compute."""
-    return ModelConfig(
-        channels=8,
-        res_blocks=2,
-        style_dim=16,
-        noise_dim=8,
-        encoder_channels=8,
-        disc_channels=8,
-        segmenter_channels=4,
-    )
+    return ModelConfig(channels=8, res_blocks=1, w_dim=16, noise_dim=4, disc_channels=8, segmenter_channels=4)
 
 
 @pytest.fixture

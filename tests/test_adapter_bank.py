@@ -26,6 +26,7 @@ from pstyle.adapters import (
 from pstyle.adapters.bank import DEFAULT_GROUPED_MAX_FRACTION
 from pstyle.config import ModelConfig
 from pstyle.models import Generator
+from pstyle.models.encoder import CODE_DIM
 
 FP = "0" * 64
 # Users differ in rank, scale and targets: the bank pads ranks, folds scales and zero-fills layers.
@@ -33,8 +34,8 @@ USERS = {
     "ann": AdapterConfig(),
     "bob": AdapterConfig(alpha=16.0),
     "cat": AdapterConfig(rank=4, alpha=2.0),
-    "dan": AdapterConfig(target_modules=("up1", "up2")),
-    "eve": AdapterConfig(rank=2, alpha=4.0, target_modules=("blocks.*.norm*.affine",)),
+    "dan": AdapterConfig(target_modules=("up1.conv", "up2.conv*.conv")),
+    "eve": AdapterConfig(rank=2, alpha=4.0, target_modules=("up2.*.film.affine",)),
 }
 ASSIGNMENT = ["ann", None, "bob", "cat", "ann", "dan", None, "eve"]
 
@@ -42,7 +43,7 @@ ASSIGNMENT = ["ann", None, "bob", "cat", "ann", "dan", None, "eve"]
 @pytest.fixture(scope="module")
 def base() -> Generator:
     torch.manual_seed(0)
-    return Generator(ModelConfig(channels=8, res_blocks=1, style_dim=16, noise_dim=4)).eval()
+    return Generator(ModelConfig(channels=8, res_blocks=1, w_dim=16, noise_dim=4)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def slot_nbytes(reference: Generator) -> int:
 def batch(ids: list[str | None], reference: Generator) -> tuple[Tensor, Tensor, Tensor]:
     n = len(ids)
     content = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    random = torch.randn(n, 16, generator=torch.Generator().manual_seed(2))
+    random = torch.randn(n, CODE_DIM, generator=torch.Generator().manual_seed(2))
     own = [r if u is None else style_code(reference, u).detach() for u, r in zip(ids, random, strict=True)]
     return content, torch.stack(own), reference.make_noise(content, seed=3)
 
@@ -173,9 +174,9 @@ def test_add_refuses_states_that_do_not_fit(base: Generator, reference: Generato
     bank = make_bank(base, reference)
     state = dict(adapter_state_dict(reference, "ann"))
     with pytest.raises(AdapterError, match="does not serve"):
-        bank.add("x", {**state, "to_rgb.lora_down": torch.zeros(8, 8, 7, 7)})
-    with pytest.raises(AdapterError, match="up1: adapter weights do not fit"):
-        bank.add("x", {**state, "up1.lora_down": torch.zeros(16, 32, 3, 3)})  # rank 16 > 8
+        bank.add("x", {**state, "bottom.conv.lora_down": torch.zeros(8, 112, 3, 3)})
+    with pytest.raises(AdapterError, match="up1.conv: adapter weights do not fit"):
+        bank.add("x", {**state, "up1.conv.lora_down": torch.zeros(16, 9, 3, 3)})  # rank 16 > 8
     with pytest.raises(AdapterError, match="style_code"):
         bank.add("x", {k: v for k, v in state.items() if k != "style_code"})
     assert "x" not in bank

@@ -211,7 +211,6 @@ def test_mixed_forward_matches_one_pass_per_user(small_config):
     in outputs and in gradients."""
     from pstyle.model import StyleModel
 
-    small_config.features.random_channels = 8
     base = StyleModel(small_config.model)
     users = ["a", "b", "c"]
     styles = {u: torch.rand(4, 3, 32, 32) for u in users}

@@ -11,7 +11,7 @@ from pstyle.bench import write_result
 from pstyle.bench_adapters import adapters_table, bench_adapters
 from pstyle.config import ModelConfig
 
-TINY = ModelConfig(channels=8, res_blocks=1, style_dim=16, noise_dim=4)
+TINY = ModelConfig(channels=8, res_blocks=1, w_dim=16, noise_dim=4)
 
 
 def test_bench_adapters_smoke(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Feature extractors: seeded random net by default, VGG19 from a user-supplied state dict."""
+"""Feature extractors: pretrained EfficientNet-Lite0 by default, a seeded random net on request, VGG19
+from a user-supplied state dict."""
 
 from __future__ import annotations
 
@@ -11,13 +12,44 @@ from pstyle.config import FeatureConfig
 from pstyle.models.features import FeatureExtractor
 
 
-def test_random_features_are_deterministic_multiscale_and_frozen():
-    a, b = FeatureExtractor(FeatureConfig(random_seed=3)), FeatureExtractor(FeatureConfig(random_seed=3))
+def test_default_features_are_the_pretrained_trunk_with_its_sha256():
+    extractor = FeatureExtractor(FeatureConfig())
+    feats = extractor(torch.rand(2, 3, 64, 64))
+    assert [f.shape[1:] for f in feats] == [(16, 32, 32), (24, 16, 16), (40, 8, 8), (112, 4, 4)]
+    desc = extractor.describe()
+    assert desc["kind"] == "efficientnet_lite0" and len(desc["sha256"]) == 64
+    assert extractor.shares_trunk_with_encoder
+    assert all(not p.requires_grad for p in extractor.parameters())
+
+
+def test_pretrained_classifier_recognises_a_real_photo():
+    """The shipped ImageNet weights really load: the sklearn temple photo is classified as a palace,
+    church or similar building, not noise (ImageNet ids 442 bell cote, 497 church, 698 palace)."""
+    from pstyle.data.photos import load_real_image, photo_paths
+    from pstyle.models.backbone import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
+
+    image = load_real_image(photo_paths()["china"], 224)[None]
+    x = torch.nn.functional.interpolate(image, size=(224, 224)) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    with torch.no_grad():
+        top = (
+            efficientnet_lite0()(x / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)).topk(3).indices[0].tolist()
+        )
+    assert set(top) & {442, 497, 698}
+
+
+def test_random_features_are_an_explicit_option_deterministic_multiscale_and_frozen():
+    def random(seed: int) -> FeatureExtractor:
+        return FeatureExtractor(FeatureConfig(network="random", random_seed=seed))
+
+    a, b = random(3), random(3)
     x = torch.rand(2, 3, 32, 32)
     fa, fb = a(x), b(x)
     assert [f.shape[-1] for f in fa] == [32, 16, 8]
     assert all(torch.equal(p, q) for p, q in zip(fa, fb, strict=True))
-    assert not torch.equal(FeatureExtractor(FeatureConfig(random_seed=4))(x)[0], fa[0])
+    assert not torch.equal(random(4)(x)[0], fa[0])
+    assert not a.shares_trunk_with_encoder
+    with pytest.raises(ValueError, match="features.network"):
+        FeatureConfig(network="resnet")
     assert all(not p.requires_grad for p in a.parameters())
     assert a.describe() == {"kind": "random", "seed": 3, "channels": 64}
 

@@ -24,12 +24,9 @@ STEPS, EVERY = 30, 5
 TINY = {
     "model.channels": 8,
     "model.res_blocks": 2,
-    "model.style_dim": 16,
     "model.noise_dim": 8,
-    "model.encoder_channels": 8,
     "model.disc_channels": 8,
     "model.segmenter_channels": 4,
-    "features.random_channels": 16,
     "train.image_size": 32,
     "train.batch_size": 4,
     "train.style_images": 2,

@@ -141,10 +141,10 @@ def _check_candidate(store, summary, tmp_path):
     assert version.number == summary["version"]
     assert version.manifest["metrics"]["tune_trial"] == summary["chosen"]["trial_id"]
     model, meta = load_checkpoint(Registry(store).fetch(version, tmp_path / "candidate"))
-    params = {k: summary["chosen"][k] for k in ("train.lr_g", "loss.content", "model.style_dim")}
+    params = {k: summary["chosen"][k] for k in ("train.lr_g", "loss.content", "model.w_dim")}
     assert meta["config"]["train"]["lr_g"] == pytest.approx(params["train.lr_g"])
     assert meta["config"]["loss"]["content"] == pytest.approx(params["loss.content"])
-    assert model.cfg.style_dim == params["model.style_dim"]
+    assert model.cfg.w_dim == params["model.w_dim"]
     assert meta["step"] == summary["chosen"]["step"]
 
 

@@ -21,7 +21,6 @@ def tiny_tune_config(
     """2-4 trials of `model` (tests pass conftest's narrow `small_model_cfg`) on 32 px images, a few
     steps per iteration: seconds per trial."""
     base = PStyleConfig(model=model)
-    base.features.random_channels = 16
     base.train.image_size = 32
     base.train.batch_size = 4
     base.train.style_images = 2
@@ -46,7 +45,7 @@ def tiny_tune_config(
             "train.lr_d": Param(1e-4, 4e-3, log=True),
             "loss.content": Param(0.1, 3.0, log=True),
             "loss.style": Param(30.0, 3000.0, log=True),
-            "model.style_dim": Param(choices=[16, 32]),
+            "model.w_dim": Param(choices=[16, 32]),
         },
     }
     settings.update(overrides)

@@ -9,23 +9,21 @@ from typing import Any
 
 from pstyle.config import from_dict
 
-# Glob patterns over `Generator.named_modules()` names. Style enters an AdaIN generator through the
-# AdaIN affines (per-channel scale/shift of every res block and decoder stage) and is rendered into
-# texture by the decoder's up convolutions and by the 1x1 conv that turns noise maps into grain.
-# Left out, to keep a rank-8 adapter on the default model under 200 KB (it is ~160 KB):
-#   blocks.*.conv*  8 LoCon 3x3 128->128 convs are 82k parameters (328 KB) on their own, and the
-#                   res blocks are already re-styled through their (targeted) AdaIN affines;
-#   to_rgb          out=3 caps its delta at rank 3, yet a 7x7 LoCon down costs 12.5k parameters, and the
-#                   output colours are already steerable through up2_norm's AdaIN just before it;
-#   mapping         w = mapping(style_code) is one vector per user, and the adapter's learned style
-#                   code already moves it, so a mapping adapter would be redundant.
-# Each of these is one pattern away (e.g. "blocks.*.conv*") when a larger adapter is acceptable.
+# Glob patterns over `Generator.named_modules()` names: where an adapter has the most effect per byte.
+# Style enters the decoder through its FiLM affines (per-channel scale and shift at every stage) and is
+# rendered into texture by the decoder's convolutions at 1/8 to full resolution, the 1x1 conv that
+# turns noise into grain, and the output conv that sets the colours.
+# Left out: the frozen pretrained trunk (shared perception, never personalised); the 1/16-resolution
+# bottom and residual blocks (the widest layers: a rank-8 adapter on the default model stays under
+# 200 KB without them, and AdaIN there already imposes the user's code);
+# and the mapping network (w = mapping(code) is one vector per user, and the adapter's learned style
+# code already moves it). Each is one pattern away (e.g. "blocks.*.conv") when a larger adapter is fine.
 DEFAULT_TARGETS: tuple[str, ...] = (
-    "blocks.*.norm*.affine",
-    "up*_norm.affine",
+    "up*.film.affine",
+    "up*.conv*.conv",
+    "up1.conv",
     "inject_noise",
-    "up1",
-    "up2",
+    "to_rgb",
 )
 
 

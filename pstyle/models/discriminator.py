@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from pstyle.config import ModelConfig
+from pstyle.models.encoder import CODE_DIM
 
 
 class Discriminator(nn.Module):
@@ -28,7 +29,7 @@ class Discriminator(nn.Module):
         layers += [spectral_norm(nn.Conv2d(c_in, c_in, 3, 1, 1)), nn.LeakyReLU(0.2)]
         self.features = nn.Sequential(*layers)
         self.out = spectral_norm(nn.Conv2d(c_in, 1, 1))
-        self.embed = spectral_norm(nn.Linear(cfg.style_dim, c_in))
+        self.embed = spectral_norm(nn.Linear(CODE_DIM, c_in))
 
     def forward(self, images: Tensor, style_code: Tensor) -> Tensor:
         """images (B,3,H,W) in [0,1], style_code (B,D) -> patch logits (B,1,H/2^L,W/2^L)."""

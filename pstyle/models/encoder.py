@@ -1,45 +1,61 @@
-"""Style encoder: a set of style images -> one style code."""
+"""Style encoder: a set of style images -> one style code (pretrained feature statistics)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pstyle.config import ModelConfig
+from pstyle.models.backbone import TAP_CHANNELS, Trunk
+
+CODE_DIM = 2 * sum(TAP_CHANNELS)  # mean and log-std of every tap's channels
+_EPS = 1e-5
 
 
 class StyleEncoder(nn.Module):
-    """Encodes K >= 1 style images of any size (>= 32 px) into one style code per set.
+    """Encodes K >= 1 style images of any size (>= 32 px) into one code per set.
 
-    Each image is summarised by channel means and standard deviations of its conv features
-    (texture statistics, size-independent), then the set is mean-pooled so the code does not
-    depend on the order or the number of images (a Deep Sets encoder).
+    The code is the channel mean and log standard deviation of the pretrained trunk's features at
+    strides 2-16, pooled over every pixel of every image of the set (so it depends on neither the
+    order nor the number of images). These are the statistics AdaIN imposes (Huang & Belongie): a
+    code any photograph or artwork has, with nothing learned that could fail to generalise to an
+    unseen style. Log-std keeps a learned per-user code (an adapter's) unconstrained.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, trunk: Trunk | None = None) -> None:
         super().__init__()
-        c = cfg.encoder_channels
-        self.style_dim = cfg.style_dim
-        self.convs = nn.Sequential(
-            nn.Conv2d(3, c, 3, 1, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(4 * c, 4 * c, 4, 2, 1), nn.LeakyReLU(0.2),
-        )  # fmt: skip
-        self.head = nn.Sequential(nn.Linear(8 * c, 4 * c), nn.LeakyReLU(0.2), nn.Linear(4 * c, cfg.style_dim))
+        self.trunk = trunk or Trunk()
+        self.code_dim = CODE_DIM
 
     def forward(self, styles: Tensor) -> Tensor:
-        """styles: (B, K, 3, H, W) or (K, 3, H, W) in [0, 1] -> codes (B, style_dim) or (1, style_dim)."""
+        """styles: (B, K, 3, H, W) or (K, 3, H, W) in [0, 1] -> codes (B, CODE_DIM) or (1, CODE_DIM)."""
         if styles.dim() == 4:
             styles = styles.unsqueeze(0)
-        assert styles.dim() == 5 and styles.shape[2] == 3, f"expected (B,K,3,H,W), got {tuple(styles.shape)}"
+        if styles.dim() != 5 or styles.shape[2] != 3:
+            raise ValueError(f"style images must be (B, K, 3, H, W), got {tuple(styles.shape)}")
         b, k, _, h, w = styles.shape
-        assert min(h, w) >= 32, f"style images must be at least 32 px, got {h}x{w}"
-        feats = self.convs(styles.reshape(b * k, 3, h, w) * 2 - 1)  # (B*K, C, h', w')
-        stats = torch.cat([feats.mean(dim=(2, 3)), feats.std(dim=(2, 3))], dim=1)  # (B*K, 2C)
-        pooled = stats.reshape(b, k, -1).mean(dim=1)  # (B, 2C): permutation invariant
-        # Codes live on a sphere of radius sqrt(D): a fixed scale keeps modulation stable across styles.
-        return F.normalize(self.head(pooled), dim=1) * math.sqrt(self.style_dim)
+        if min(h, w) < 32:
+            raise ValueError(f"style images must be at least 32 px, got {h}x{w}")
+        feats = self.trunk(styles.reshape(b * k, 3, h, w))
+        return torch.cat([pooled_stats(f.reshape(b, k, *f.shape[1:])) for f in feats], dim=1)
+
+
+def codes_from_features(feats: list[Tensor]) -> Tensor:
+    """One code per image (B, CODE_DIM) from the trunk's features of those images (a set of one each)."""
+    return torch.cat([pooled_stats(f.unsqueeze(1)) for f in feats], dim=1)
+
+
+def pooled_stats(feats: Tensor) -> Tensor:
+    """(B, K, C, H, W) -> (B, 2C): mean and log-std over all K images' pixels, per channel."""
+    mean = feats.mean(dim=(1, 3, 4))
+    var = (feats - mean[:, None, :, None, None]).square().mean(dim=(1, 3, 4))
+    return torch.cat([mean, 0.5 * torch.log(var + _EPS)], dim=1)
+
+
+def split_code(code: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """(B, CODE_DIM) -> per tap (mean, std), each (B, C, 1, 1): what AdaIN imposes at that tap."""
+    out, start = [], 0
+    for c in TAP_CHANNELS:
+        mean, log_std = code[:, start : start + c], code[:, start + c : start + 2 * c]
+        out.append((mean[:, :, None, None], log_std.exp()[:, :, None, None]))
+        start += 2 * c
+    return out

@@ -10,15 +10,16 @@ from safetensors.torch import load as load_safetensors
 from torch import Tensor, nn
 
 from pstyle.config import FeatureConfig
+from pstyle.models import backbone
+from pstyle.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Trunk
 from pstyle.uris import read_bytes
 
 VGG19_LAYERS = (1, 6, 11, 20)  # relu1_1, relu2_1, relu3_1, relu4_1 in torchvision's vgg19().features
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class FeatureExtractor(nn.Module):
-    """Multi-scale features, frozen. VGG19 when weights are configured, else a seeded random net.
+    """Multi-scale features, frozen: the pretrained EfficientNet-Lite0 trunk by default, VGG19 when
+    weights are configured, or a seeded random net when asked for explicitly.
 
     `describe()` says which one (and the weights' sha256) so checkpoints record what their
     losses were measured with.
@@ -26,6 +27,7 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, cfg: FeatureConfig) -> None:
         super().__init__()
+        self.net: nn.Module | None = None
         if cfg.vgg19_weights:
             raw = read_bytes(cfg.vgg19_weights)
             self.net, self.taps = _vgg19_trunk(raw), VGG19_LAYERS
@@ -34,21 +36,32 @@ class FeatureExtractor(nn.Module):
                 "weights": cfg.vgg19_weights,
                 "sha256": hashlib.sha256(raw).hexdigest(),
             }
-            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        else:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        elif cfg.network == "random":
             self.net, self.taps = _random_trunk(cfg.random_channels, cfg.random_seed)
             self.meta = {"kind": "random", "seed": cfg.random_seed, "channels": cfg.random_channels}
-            self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5), persistent=False)
-            self.register_buffer("std", torch.full((1, 3, 1, 1), 0.5), persistent=False)
+            mean, std = (0.5,) * 3, (0.5,) * 3
+        else:
+            self.trunk = Trunk()
+            self.meta = backbone.describe()
+        if self.net is not None:
+            self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 
     def describe(self) -> dict:
         return dict(self.meta)
 
+    @property
+    def shares_trunk_with_encoder(self) -> bool:
+        """True when these are the style encoder's own features, so its codes hold their statistics."""
+        return self.net is None
+
     def forward(self, images: Tensor) -> list[Tensor]:
         """images (B,3,H,W) in [0,1] -> one feature map per tap, shallow to deep."""
+        if self.net is None:
+            return self.trunk(images)
         x = (images - self.mean) / self.std
         feats = []
         for i, layer in enumerate(self.net):
@@ -92,16 +105,3 @@ def _vgg19_trunk(raw: bytes) -> nn.Sequential:
         raise ValueError(f"VGG19 weights are missing {len(missing)} feature tensors, e.g. {missing[0]!r}")
     trunk.load_state_dict({k: features[k] for k in trunk.state_dict()})
     return trunk
-
-
-def gram(feat: Tensor) -> Tensor:
-    """Centred channel Gram (covariance) averaged over positions: (B,C,H,W) -> (B,C,C).
-
-    Texture without layout. Centring keeps the mean activation from swamping the texture signal
-    (with random features an uncentred Gram mostly measures mean colour); averaging makes it
-    independent of image size, so one weight fits all sizes.
-    """
-    b, c, h, w = feat.shape
-    f = feat.reshape(b, c, h * w)
-    f = f - f.mean(dim=2, keepdim=True)
-    return f @ f.transpose(1, 2) / (h * w)

@@ -7,40 +7,62 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pstyle.config import ModelConfig
-from pstyle.models.layers import AdaIN, ModulatedResBlock, conv_in_relu
+from pstyle.models.backbone import TAP_CHANNELS, Trunk
+from pstyle.models.encoder import CODE_DIM, split_code
+from pstyle.models.layers import ModulatedConv, ModulatedResBlock, adain
 
-DOWNSAMPLING = 4  # two stride-2 convolutions: H and W must be multiples of this
+DOWNSAMPLING = 16  # the trunk's deepest stride: H and W must be multiples of this
+NOISE_STRIDE = 4  # noise maps live at 1/4 resolution
+
+
+class DecoderStage(nn.Module):
+    """Upsample x2, concatenate the (re-styled) skip features of that scale, two modulated convs."""
+
+    def __init__(self, c_in: int, c_skip: int, c_out: int, w_dim: int) -> None:
+        super().__init__()
+        self.conv1 = ModulatedConv(c_in + c_skip, c_out, w_dim)
+        self.conv2 = ModulatedConv(c_out, c_out, w_dim)
+
+    def forward(self, x: Tensor, skip: Tensor, w: Tensor, noise: Tensor | None = None) -> Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.conv1(torch.cat([x, skip], dim=1), w)
+        if noise is not None:
+            x = x + noise
+        return self.conv2(x, w)
 
 
 class Generator(nn.Module):
-    """Encoder -> style-modulated residual blocks -> decoder (the AdaIN / MUNIT family).
+    """Frozen pretrained encoder -> AdaIN at every scale -> trained, style-modulated decoder.
 
-    The content encoder keeps layout; the style enters through AdaIN statistics driven by
-    w = mapping(style_code). Noise maps join the content features at 1/4 resolution (as in
-    Ulyanov et al.'s texture networks): the raw material for texture that smooth content lacks,
-    and the reason different seeds give different details.
+    Layout is kept by construction: the decoder sees the content's own pretrained features at
+    strides 16, 8, 4 and 2 (a U-Net over a frozen ImageNet encoder) plus its normalised luminance at
+    full resolution. Style enters twice: AdaIN replaces every skip's channel statistics with the
+    style code's (the analytic, zero-shot part, exact for any style image), and FiLM layers driven
+    by w = mapping(code) let the decoder learn how those statistics should look as texture and
+    colour. Noise maps join at 1/4 resolution: the raw material for texture, and the reason
+    different seeds give different details.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        c, w_dim = cfg.channels, cfg.style_dim
+        c, w_dim = cfg.channels, cfg.w_dim
         self.noise_dim = cfg.noise_dim
         self.mask_feather = cfg.mask_feather
+        self.trunk = Trunk()
         self.mapping = nn.Sequential(
-            nn.Linear(cfg.style_dim, w_dim), nn.LeakyReLU(0.2),
+            nn.Linear(CODE_DIM, w_dim), nn.LeakyReLU(0.2),
             nn.Linear(w_dim, w_dim), nn.LeakyReLU(0.2),
             nn.Linear(w_dim, w_dim),
         )  # fmt: skip
-        self.encode = nn.Sequential(
-            conv_in_relu(3, c, 7, 1), conv_in_relu(c, 2 * c, 4, 2), conv_in_relu(2 * c, 4 * c, 4, 2)
-        )
-        self.inject_noise = nn.Conv2d(4 * c + cfg.noise_dim, 4 * c, 1)
+        c2, c4, c8, c16 = TAP_CHANNELS
+        self.bottom = ModulatedConv(c16, 4 * c, w_dim)
         self.blocks = nn.ModuleList(ModulatedResBlock(4 * c, w_dim) for _ in range(cfg.res_blocks))
-        self.up1 = nn.Conv2d(4 * c, 2 * c, 3, 1, 1)
-        self.up1_norm = AdaIN(2 * c, w_dim)
-        self.up2 = nn.Conv2d(2 * c, c, 3, 1, 1)
-        self.up2_norm = AdaIN(c, w_dim)
-        self.to_rgb = nn.Conv2d(c, 3, 7, 1, 3)
+        self.up8 = DecoderStage(4 * c, c8, 2 * c, w_dim)
+        self.up4 = DecoderStage(2 * c, c4, 2 * c, w_dim)
+        self.inject_noise = nn.Conv2d(cfg.noise_dim, 2 * c, 1)
+        self.up2 = DecoderStage(2 * c, c2, c, w_dim)
+        self.up1 = ModulatedConv(c + 1, c // 2, w_dim)
+        self.to_rgb = nn.Conv2d(c // 2, 3, 3, 1, 1)
 
     def forward(
         self,
@@ -50,29 +72,39 @@ class Generator(nn.Module):
         strength: float | Tensor = 1.0,
         mask: Tensor | None = None,
     ) -> Tensor:
-        """content (B,3,H,W) in [0,1], style_code (B,D), noise (B,N,H/4,W/4) -> (B,3,H,W) in [0,1].
+        """content (B,3,H,W) in [0,1], style_code (B,CODE_DIM), noise (B,N,H/4,W/4) -> (B,3,H,W).
 
         `strength` (float or (B,)) and `mask` ((B,1,h,w), 1 = stylize) only blend the result with
         the content in pixel space, so strength 0 and mask 0 return the content exactly.
         """
         b, _, h, w = content.shape
-        assert h % DOWNSAMPLING == 0 and w % DOWNSAMPLING == 0, f"H, W must be multiples of 4, got {h}x{w}"
-        expected_noise = (b, self.noise_dim, h // DOWNSAMPLING, w // DOWNSAMPLING)
-        assert noise.shape == expected_noise, f"noise {tuple(noise.shape)}, expected {expected_noise}"
-        assert style_code.shape[0] == b, "one style code per content image"
-        stylized = self.synthesize(content, self.mapping(style_code), noise)
+        if h % DOWNSAMPLING or w % DOWNSAMPLING:
+            raise ValueError(f"H and W must be multiples of {DOWNSAMPLING}, got {h}x{w}")
+        expected_noise = (b, self.noise_dim, h // NOISE_STRIDE, w // NOISE_STRIDE)
+        if tuple(noise.shape) != expected_noise:
+            raise ValueError(f"noise {tuple(noise.shape)}, expected {expected_noise}")
+        if style_code.shape[0] != b:
+            raise ValueError(f"one style code per content image: {style_code.shape[0]} codes, {b} images")
+        stylized = self.synthesize(content, style_code, noise)
         alpha = self.blend_weight(content, strength, mask)
         return content + alpha * (stylized - content)
 
-    def synthesize(self, content: Tensor, w: Tensor, noise: Tensor) -> Tensor:
-        """The full-strength stylization for mapped style vectors w (B, D)."""
-        x = self.encode(content * 2 - 1)  # (B, 4c, H/4, W/4)
-        x = self.inject_noise(torch.cat([x, noise.to(x.dtype)], dim=1))
+    def synthesize(self, content: Tensor, style_code: Tensor, noise: Tensor) -> Tensor:
+        """The full-strength stylization."""
+        w = self.mapping(style_code)
+        f2, f4, f8, f16 = (
+            adain(f, mean.to(f.dtype), std.to(f.dtype))
+            for f, (mean, std) in zip(self.trunk(content), split_code(style_code), strict=True)
+        )
+        x = self.bottom(f16, w)
         for block in self.blocks:
             x = block(x, w)
-        x = F.relu(self.up1_norm(self.up1(F.interpolate(x, scale_factor=2.0, mode="nearest")), w))
-        x = F.relu(self.up2_norm(self.up2(F.interpolate(x, scale_factor=2.0, mode="nearest")), w))
-        return (torch.tanh(self.to_rgb(x)) + 1) / 2
+        x = self.up8(x, f8, w)
+        x = self.up4(x, f4, w, noise=self.inject_noise(noise.to(x.dtype)))
+        x = self.up2(x, f2, w)
+        x = F.interpolate(x, size=content.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.up1(torch.cat([x, normalized_luminance(content)], dim=1), w)
+        return torch.sigmoid(self.to_rgb(x))
 
     def blend_weight(self, content: Tensor, strength: float | Tensor, mask: Tensor | None) -> Tensor:
         """Per-pixel weight of the stylization: strength times the feathered mask, (B|1, 1, H|1, W|1)."""
@@ -85,8 +117,15 @@ class Generator(nn.Module):
         """Standard-normal noise maps for a content batch `like`; a seed makes output reproducible."""
         b, _, h, w = like.shape
         gen = None if seed is None else torch.Generator().manual_seed(seed)
-        shape = (b, self.noise_dim, h // DOWNSAMPLING, w // DOWNSAMPLING)
+        shape = (b, self.noise_dim, h // NOISE_STRIDE, w // NOISE_STRIDE)
         return torch.randn(shape, generator=gen).to(device=like.device, dtype=like.dtype)
+
+
+def normalized_luminance(images: Tensor) -> Tensor:
+    """(B,3,H,W) -> (B,1,H,W) luma with zero mean and unit variance per image: edges without colour."""
+    luma = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    mean = luma.mean(dim=(2, 3), keepdim=True)
+    return (luma - mean) / (luma.std(dim=(2, 3), keepdim=True) + 1e-3)
 
 
 def feather(mask: Tensor, size: tuple[int, int] | torch.Size, width: int) -> Tensor:

@@ -5,12 +5,22 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_EPS = 1e-5
 
-class AdaIN(nn.Module):
-    """Adaptive instance norm: normalise away the content's feature statistics, impose the style's.
 
-    The affine maps the mixed style/noise vector w to a per-channel scale and shift; scale is
-    parameterised as 1 + gamma so a zero-initialised affine starts as plain instance norm.
+def adain(feat: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Adaptive instance norm (Huang & Belongie): the content's channel statistics replaced by the
+    style's. feat (B,C,H,W); mean and std (B,C,1,1)."""
+    mu = feat.mean(dim=(2, 3), keepdim=True)
+    sigma = (feat.var(dim=(2, 3), keepdim=True, correction=0) + _EPS).sqrt()
+    return (feat - mu) / sigma * std + mean
+
+
+class FiLM(nn.Module):
+    """Feature-wise scale and shift from the mapped style vector w: x * (1 + gamma) + beta.
+
+    No normalisation: the statistics AdaIN imposed upstream survive, and the style only adjusts
+    them. The affine is zero-initialised, so a new FiLM is the identity.
     """
 
     def __init__(self, channels: int, w_dim: int) -> None:
@@ -21,25 +31,28 @@ class AdaIN(nn.Module):
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         gamma, beta = self.affine(w).chunk(2, dim=1)  # (B, C) each
-        return F.instance_norm(x) * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        return x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+
+
+class ModulatedConv(nn.Module):
+    """3x3 conv (reflection padded: no dark borders) -> FiLM(w) -> ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, w_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3)  # unpadded: the reflection pad is explicit (LoCon-mergeable)
+        self.film = FiLM(c_out, w_dim)
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.relu(self.film(self.conv(F.pad(x, (1, 1, 1, 1), mode="reflect")), w))
 
 
 class ModulatedResBlock(nn.Module):
-    """conv -> AdaIN -> ReLU -> conv -> AdaIN, plus identity: re-styles features at fixed resolution."""
+    """Two modulated convs plus identity: re-styles features at a fixed resolution."""
 
     def __init__(self, channels: int, w_dim: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1)
-        self.norm1 = AdaIN(channels, w_dim)
-        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1)
-        self.norm2 = AdaIN(channels, w_dim)
+        self.conv1 = ModulatedConv(channels, channels, w_dim)
+        self.conv2 = ModulatedConv(channels, channels, w_dim)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        h = F.relu(self.norm1(self.conv1(x), w))
-        return x + self.norm2(self.conv2(h), w)
-
-
-def conv_in_relu(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
-    """Conv + instance norm + ReLU with 'same'-style padding for odd kernels and stride 1."""
-    padding = (kernel - stride + 1) // 2
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, padding), nn.InstanceNorm2d(c_out), nn.ReLU())
+        return x + self.conv2(self.conv1(x, w), w)
