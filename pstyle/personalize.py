@@ -10,7 +10,7 @@ The personalization loss for one user:
                                  with the user's training style images as the only style target;
                                  the discriminator is the base's, frozen (FreezeD, Mo et al. 2020:
                                  a few images are too few to fine-tune D without it memorising them);
-  sliced_wasserstein             the same distribution match in the random-feature space;
+  sliced_wasserstein             the same distribution match in the loss network's feature space;
   feedback                       outputs the user rated: high ratings join the style targets,
                                  low ratings must end up farther away than the user's own style;
   regularisation                 L2 on the adapter weights and a pull toward the base output, so a
