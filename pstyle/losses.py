@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pstyle.models.encoder import pooled_stats
+
 
 def d_hinge_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """Hinge loss for D: only patches on the wrong side of the margin give gradient (SNGAN)."""
@@ -64,10 +66,8 @@ def style_set_stats(style_feats: list[Tensor], set_size: int) -> list[tuple[Tens
     """Pooled channel mean/std per style set: features of B*K images -> B targets, order-free in K."""
     stats = []
     for f in style_feats:
-        f = f.reshape(-1, set_size, *f.shape[1:])  # (B, K, C, H, W)
-        mean = f.mean(dim=(1, 3, 4))
-        var = (f - mean[:, None, :, None, None]).square().mean(dim=(1, 3, 4))
-        stats.append((mean, (var + 1e-5).sqrt()))
+        mean, log_std = pooled_stats(f.reshape(-1, set_size, *f.shape[1:])).chunk(2, dim=1)
+        stats.append((mean, log_std.exp()))
     return stats
 
 
