@@ -351,7 +351,8 @@ def train_users(
             }
             records[user] = _write_record(store, job, user, record)
             log(
-                f"[worker {worker}] {user}: SWD {m['before']['swd']:.1f} -> {m['after']['swd']:.1f}, "
+                f"[worker {worker}] {user}: style {m['before']['style']:.2f} -> {m['after']['style']:.2f}, "
+                f"SWD {m['before']['swd']:.1f} -> {m['after']['swd']:.1f}, "
                 f"published v{version.number} ({seconds:.0f} s)"
             )
     return records
@@ -511,18 +512,20 @@ def summarize(
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """One line per user: before/after held-out SWD and the version published, or why not."""
+    """One line per user: before/after held-out style distance and SWD, the version published, or why not."""
     lines = [
         f"job {summary['job']}: {len(summary['published'])} published, {len(summary['skipped'])} skipped, "
         f"{len(summary['failed'])} failed in {summary['wall_seconds']:.0f} s",
-        f"{'user':<20}{'status':<11}{'SWD base':>9}{'adapter':>9}{'version':>9}{'s/user':>8}  reason",
+        f"{'user':<20}{'status':<11}{'style base':>11}{'adapter':>9}{'SWD base':>9}{'adapter':>9}"
+        f"{'version':>9}{'s/user':>8}  reason",
     ]
     for user, r in summary["users"].items():
         if r["status"] == "published":
             lines.append(
-                f"{user:<20}{r['status']:<11}{r['before']['swd']:>9.1f}{r['after']['swd']:>9.1f}"
-                f"{'v' + str(r['version']):>9}{r['seconds']:>8.0f}"
+                f"{user:<20}{r['status']:<11}{r['before']['style']:>11.2f}{r['after']['style']:>9.2f}"
+                f"{r['before']['swd']:>9.1f}{r['after']['swd']:>9.1f}{'v' + str(r['version']):>9}"
+                f"{r['seconds']:>8.0f}"
             )
         else:
-            lines.append(f"{user:<20}{r['status']:<11}{'':>35}  {r['reason']}")
+            lines.append(f"{user:<20}{r['status']:<11}{'':>55}  {r['reason']}")
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from pstyle.adapters import load_adapter, set_active_adapter, style_code
 from pstyle.checkpoint import fingerprint, load_checkpoint
 from pstyle.data.folders import StyleUsers
 from pstyle.data.synth import scene_tensors
-from pstyle.metrics import swd
+from pstyle.metrics import style_distance
 from pstyle.personalize import GroupPersonalizer, PersonalizeConfig, holdout_split
 from pstyle.registry import Registry
 from pstyle.store import LocalStore
@@ -91,8 +91,14 @@ def test_job_publishes_one_candidate_version_per_user(job):
     assert stored["published"] == summary["published"]
 
 
-def test_each_published_adapter_lowers_heldout_swd(job, trained_base: Path, synth_dir: Path, tmp_path: Path):
-    """Recomputed from the published files: the user's held-out images, the report content batch."""
+def test_each_published_adapter_moves_heldout_outputs_toward_the_style(
+    job, trained_base: Path, synth_dir: Path, tmp_path: Path
+):
+    """Recomputed from the published files: the user's held-out images, the report content batch.
+
+    Per user, the job's own criterion (pretrained-feature style distance) must fall; pixel-patch SWD
+    must fall on average over the users (one family, halftone, sits within run-to-run noise of 0 on it).
+    """
     store, summary, _ = job
     registry = Registry(store)
     base, _ = load_checkpoint(trained_base)
@@ -100,9 +106,13 @@ def test_each_published_adapter_lowers_heldout_swd(job, trained_base: Path, synt
     content = scene_tensors(32, 64)[cfg.batch_size : 2 * cfg.batch_size]  # the job's report batch
     styles = StyleUsers(synth_dir / "styles", 64)
     noise = base.generator.make_noise(content, seed=cfg.seed)
+    swd_before, swd_after = [], []
     for user in USERS:
         record = summary["users"][user]
-        assert record["after"]["swd"] < record["before"]["swd"], (user, record)
+        assert record["after"]["style"] < 0.95 * record["before"]["style"], (user, record)
+        assert record["improved"], (user, record)
+        swd_before.append(record["before"]["swd"])
+        swd_after.append(record["after"]["swd"])
         train, held = holdout_split(styles.images(user), user, cfg.holdout, cfg.seed)
         gen = base.generator.__class__(base.cfg)
         gen.load_state_dict(base.generator.state_dict())
@@ -111,11 +121,12 @@ def test_each_published_adapter_lowers_heldout_swd(job, trained_base: Path, synt
         with torch.no_grad():
             set_active_adapter(gen, None)
             base_code = base.encoder(train)[0].expand(len(content), -1)
-            before = swd(gen(content, base_code, noise).clamp(0, 1), held, seed=cfg.seed)["mean"]
+            before = style_distance(gen(content, base_code, noise).clamp(0, 1), held).mean().item()
             set_active_adapter(gen, user)
             learned = style_code(gen, user).detach().expand(len(content), -1)
-            after = swd(gen(content, learned, noise).clamp(0, 1), held, seed=cfg.seed)["mean"]
+            after = style_distance(gen(content, learned, noise).clamp(0, 1), held).mean().item()
         assert after < before, (user, before, after)
+    assert sum(swd_after) < 0.95 * sum(swd_before), (swd_before, swd_after)
 
 
 def test_corrupt_user_is_skipped_and_named(job):
