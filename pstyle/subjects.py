@@ -5,6 +5,10 @@ the photo is of: its class activation map (Zhou et al. 2016) over the top classe
 evidence lies, a coarse blob, blended with a centre prior. OpenCV's GrabCut (Rother et al. 2004)
 then refines the blob to the object's edges from colour statistics: confident regions of the prior
 seed the foreground, weak ones and the image border seed the background.
+
+ImageNet has no person class, so people get their own prior: OpenCV's LBP frontal-face cascade
+(the XML file that scikit-image ships next to its sample data; a detector, not one of its images)
+finds faces, and each face proposes a head and, below it, a torso three faces wide.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.data import lbp_frontal_face_cascade_filename
+from skimage.feature import Cascade
 from torch import Tensor
 
 from pstyle.models.backbone import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
@@ -26,6 +32,9 @@ CENTER_SIGMA = 0.5  # its Gaussian width, in half-image units
 GRABCUT_SIDE = 256  # GrabCut runs at this shorter side (its cost grows with pixels)
 GRABCUT_ITERATIONS = 5
 PROBABLE_FG, CERTAIN_FG = 0.6, 0.85  # prior thresholds that seed GrabCut's foreground
+FACE_SIDE = 256  # faces are searched at this shorter side
+MIN_FACE = 0.08  # smaller faces (share of the shorter side) are background people or false hits
+TORSO_PRIOR = 0.7  # probable foreground: GrabCut decides the torso's outline, the head is certain
 
 
 @functools.cache
@@ -54,8 +63,35 @@ def class_activation(images: Tensor) -> Tensor:
     return _unit_range(cam)
 
 
+@functools.cache
+def _face_detector() -> Cascade:
+    return Cascade(lbp_frontal_face_cascade_filename())
+
+
+def person_prior(image: Tensor) -> Tensor:
+    """(3,H,W) in [0,1] -> (1,H,W): 1 on each detected face's head, TORSO_PRIOR on the torso below
+    it (three face widths wide, to the bottom of the photo), 0 elsewhere."""
+    h, w = image.shape[-2:]
+    scale = FACE_SIDE / min(h, w)
+    small = F.interpolate(image[None].float().cpu(), scale_factor=scale, mode="area")[0]
+    rgb = np.ascontiguousarray((small.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8))
+    low = max(8, round(MIN_FACE * FACE_SIDE))
+    faces = _face_detector().detect_multi_scale(
+        img=rgb, scale_factor=1.2, step_ratio=1, min_size=(low, low), max_size=rgb.shape[:2]
+    )
+    prior = torch.zeros(1, h, w)
+    for face in faces:
+        top, left, side = (face[k] / scale for k in ("r", "c", "width"))
+        rows, cols = slice(round(top + side), h), slice(max(0, round(left - side)), round(left + 2 * side))
+        prior[:, rows, cols] = prior[:, rows, cols].clamp_min(TORSO_PRIOR)
+        rows = slice(max(0, round(top - 0.3 * side)), round(top + 1.1 * side))
+        prior[:, rows, max(0, round(left - 0.1 * side)) : round(left + 1.1 * side)] = 1.0
+    return prior
+
+
 def subject_prior(images: Tensor) -> Tensor:
-    """(B,3,H,W) -> (B,1,H,W) in [0,1]: the class activation map blended with a centre prior.
+    """(B,3,H,W) -> (B,1,H,W) in [0,1]: the class activation map blended with a centre prior, and
+    raised to the person prior wherever a face was found.
 
     ImageNet has no person class, so on portraits the CAM lights up clothing or a face only; the
     centre prior fills in what photographers put in the middle.
@@ -67,7 +103,9 @@ def subject_prior(images: Tensor) -> Tensor:
         indexing="ij",
     )
     center = torch.exp(-(xx**2 + yy**2) / (2 * CENTER_SIGMA**2))[None, None]
-    return _unit_range((1 - CENTER_WEIGHT) * class_activation(images) + CENTER_WEIGHT * center)
+    blob = _unit_range((1 - CENTER_WEIGHT) * class_activation(images) + CENTER_WEIGHT * center)
+    people = torch.stack([person_prior(image) for image in images]).to(blob.device)
+    return torch.maximum(blob, people)
 
 
 def _unit_range(x: Tensor) -> Tensor:
