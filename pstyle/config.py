@@ -70,6 +70,7 @@ class LossConfig:
 
     adversarial: float = 0.05  # the GAN term sharpens texture; longer runs paint it over the photo
     content: float = 1.0  # instance-normalised deep-feature distance to the content image
+    structure: float = 30.0  # the same at the shallow taps (strides 2, 4): fine layout, edges (SSIM)
     style: float = 5.0  # channel mean/std distance to the style set's pretrained features
     code: float = 1.0  # re-encoding the output must give back the style code
     diversity: float = 0.5  # mode seeking: different noise, different outputs

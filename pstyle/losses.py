@@ -37,6 +37,16 @@ def content_loss(out_feats: list[Tensor], content_feats: list[Tensor]) -> Tensor
     ) / len(out_feats[-2:])
 
 
+def structure_loss(out_feats: list[Tensor], content_feats: list[Tensor]) -> Tensor:
+    """The two shallowest feature maps (strides 2 and 4), instance-normalised, must match the
+    content's: edges and fine layout where SSIM looks. Normalising leaves their channel statistics
+    free, which is exactly what the style term sets (the AdaIN relation, enforced at fine scale)."""
+    return sum(
+        F.mse_loss(normalized(fo), normalized(fc))
+        for fo, fc in zip(out_feats[:2], content_feats[:2], strict=True)
+    ) / len(out_feats[:2])
+
+
 def normalized(feat: Tensor) -> Tensor:
     """Zero mean and unit variance per channel and image: a feature map's layout without its style."""
     mean = feat.mean(dim=(2, 3), keepdim=True)

@@ -81,6 +81,7 @@ def generator_phase(
     terms = {
         "adversarial": adv,
         "content": losses.content_loss(fake_feats, content_feats),
+        "structure": losses.structure_loss(fake_feats, content_feats),
         "style": losses.style_loss(fake_feats, [(m.repeat(2, 1), s.repeat(2, 1)) for m, s in style_stats]),
         "code": code,
         "diversity": losses.diversity_loss(fake[:b], fake[b:], noise[:b], noise[b:]),

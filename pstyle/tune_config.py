@@ -71,6 +71,7 @@ def default_space() -> dict[str, Param]:
         # Loss weights, log-scaled a decade either side of the defaults in `pstyle.config.LossConfig`.
         "loss.adversarial": Param(0.005, 0.5, log=True),
         "loss.content": Param(0.1, 10.0, log=True),
+        "loss.structure": Param(3.0, 300.0, log=True),
         "loss.style": Param(0.5, 50.0, log=True),
         "loss.tv": Param(0.1, 10.0, log=True),
         "loss.diversity": Param(0.0, 1.0),

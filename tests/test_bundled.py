@@ -47,14 +47,14 @@ def test_bundled_base_keeps_content_and_moves_style_on_real_photos(base, content
     """Shipped photos in shipped styles: the layout survives and the pretrained feature statistics move
     toward the style, past where the unchanged photo stands.
 
-    SSIM >= 0.2 guards against regressions (an output unrelated to the photo scores about 0); the
-    issue's bar of 0.30 is not met by every pair of the bundled base (docs/benchmarks.md).
+    SSIM >= 0.30 on every pair (an output unrelated to the photo scores about 0; the bundled base
+    scores 0.37-0.72 here, docs/benchmarks.md).
     """
     model, _ = base
     photo = _photo(content)[None]
     styles = tiles(_photo(style, 256), 96, 2)
     out = model.stylize(photo, styles, seed=0)
-    assert ssim(out, photo).item() >= 0.2
+    assert ssim(out, photo).item() >= 0.30
     assert style_distance(out, styles).item() < style_distance(photo, styles).item()
 
 

@@ -67,6 +67,18 @@ def test_content_loss_uses_layout_not_colour():
     assert flipped > 2 * tinted > 0
 
 
+def test_structure_loss_sees_fine_edges_that_the_content_loss_misses():
+    """A one-pixel shift of a fine stripe pattern: invisible at strides 8-16, plain at strides 2-4."""
+    extractor = FeatureExtractor(FeatureConfig())
+    stripes = (torch.arange(64) % 4 < 2).float().view(1, 1, 1, 64).expand(1, 3, 64, 64).clone()
+    shifted = stripes.roll(1, dims=-1)
+    content, out = extractor(stripes), extractor(shifted)
+    assert losses.structure_loss(content, content) == 0
+    tinted = extractor(stripes * torch.tensor([1.0, 0.8, 0.6]).view(1, 3, 1, 1))
+    assert losses.structure_loss(out, content) > 3 * losses.structure_loss(tinted, content)
+    assert losses.structure_loss(out, content) > losses.content_loss(out, content)
+
+
 def test_diversity_loss_lower_when_outputs_differ():
     z_a, z_b = torch.zeros(2, 4), torch.ones(2, 4)
     img = torch.rand(2, 3, 8, 8)
