@@ -6,8 +6,8 @@ The personalization loss for one user:
                                  the held-out metric (`metrics.swd`) measures, made differentiable.
                                  Without it the feature-space terms below kept falling while held-out
                                  SWD rose for 3 users in 4 (docs/benchmarks.md, "Personalization");
-  style + content + adversarial  the base objective's terms (weights from the base checkpoint),
-                                 with the user's training style images as the only style target;
+  style + content + structure    the base objective's terms (weights from the base checkpoint),
+  + adversarial                  with the user's training style images as the only style target;
                                  the discriminator is the base's, frozen (FreezeD, Mo et al. 2020:
                                  a few images are too few to fine-tune D without it memorising them);
   sliced_wasserstein             the same distribution match in the loss network's feature space;
@@ -375,6 +375,7 @@ class GroupPersonalizer:
         feats = self.features(out)
         terms = {
             "content": k * w.content * losses.content_loss(feats, content_feats),
+            "structure": k * w.structure * losses.structure_loss(feats, content_feats),
             "adversarial": k * w.adversarial * losses.g_hinge_loss(self.base.discriminator(out, codes)),
             "base_consistency": k * cfg.base_consistency * F.mse_loss(out, base_out),
             "l2": cfg.l2 * sum(p.square().sum() for u in users for p in self.weights[u]),
