@@ -261,15 +261,18 @@ class AdapterJob:
 
 
 def fetch_base(store: Store, name: str, version: int) -> Path:
-    """The base checkpoint in a per-machine cache (versions are immutable; fetch is atomic)."""
+    """The base checkpoint in a per-machine cache, keyed by the version's file digests: a store that is
+    deleted and rebuilt at the same address reuses names and version numbers for other weights."""
     from pstyle.registry import Registry
 
     registry = Registry(store)
-    digest = hashlib.sha256(store.uri.encode()).hexdigest()[:12]
+    found = registry.get("base", name, version)
+    files = {file: entry["sha256"] for file, entry in found.files.items()}
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     dest = (
-        Path(tempfile.gettempdir()) / "pstyle-bases" / digest / f"{validate_id(name, 'base name')}-v{version}"
+        Path(tempfile.gettempdir()) / "pstyle-bases" / f"{validate_id(name, 'base name')}-v{version}-{digest}"
     )
-    return registry.fetch(registry.get("base", name, version), dest)
+    return registry.fetch(found, dest)
 
 
 def train_users(

@@ -29,22 +29,23 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
 
 
 def content_loss(out_feats: list[Tensor], content_feats: list[Tensor]) -> Tensor:
-    """The two deepest feature maps, each instance-normalised, must match the content's: layout and
-    objects, with the channel statistics (colour and texture, the style's job) taken out."""
-    return sum(
-        F.mse_loss(normalized(fo), normalized(fc))
-        for fo, fc in zip(out_feats[-2:], content_feats[-2:], strict=True)
-    ) / len(out_feats[-2:])
+    """The two deepest feature maps must keep the content's layout: objects and where they are."""
+    return layout_distance(out_feats[-2:], content_feats[-2:])
 
 
 def structure_loss(out_feats: list[Tensor], content_feats: list[Tensor]) -> Tensor:
-    """The two shallowest feature maps (strides 2 and 4), instance-normalised, must match the
-    content's: edges and fine layout where SSIM looks. Normalising leaves their channel statistics
-    free, which is exactly what the style term sets (the AdaIN relation, enforced at fine scale)."""
+    """The two shallowest feature maps (strides 2 and 4) must keep the content's edges and fine
+    layout, where SSIM looks. Their channel statistics stay free, which is exactly what the style
+    term sets: the AdaIN relation, enforced at fine scale."""
+    return layout_distance(out_feats[:2], content_feats[:2])
+
+
+def layout_distance(out_feats: list[Tensor], content_feats: list[Tensor]) -> Tensor:
+    """Mean over taps of the MSE between instance-normalised maps: layout with the channel statistics
+    (colour and texture, the style's job) taken out."""
     return sum(
-        F.mse_loss(normalized(fo), normalized(fc))
-        for fo, fc in zip(out_feats[:2], content_feats[:2], strict=True)
-    ) / len(out_feats[:2])
+        F.mse_loss(normalized(fo), normalized(fc)) for fo, fc in zip(out_feats, content_feats, strict=True)
+    ) / len(out_feats)
 
 
 def normalized(feat: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from pstyle.adapter_jobs import (
     AdapterJob,
     UserDataError,
     build_manifest,
+    fetch_base,
     load_manifest,
     load_user_data,
     train_users,
@@ -254,3 +255,20 @@ def test_personalize_ray_needs_users_and_entrypoint_help():
     script = Path(__file__).resolve().parents[1] / "ray_jobs" / "train_adapters.py"
     run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "--users" in run.stdout and "--group-size" in run.stdout
+
+
+def test_base_cache_follows_the_weights_not_the_store_address(trained_base: Path, tmp_path: Path):
+    """A store deleted and rebuilt at the same path reuses `base` v1 for other weights: the worker's
+    cached copy of the old v1 must not be used for the new one."""
+    other = tmp_path / "other-base"
+    shutil.copytree(trained_base, other)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "created": "rebuilt"}))
+    fetched = []
+    for checkpoint in (trained_base, other):
+        shutil.rmtree(tmp_path / "store", ignore_errors=True)
+        store = LocalStore(tmp_path / "store")
+        Registry(store).publish_base("base", checkpoint)
+        fetched.append(fetch_base(store, "base", 1))
+    assert fetched[0] != fetched[1]
+    assert json.loads((fetched[1] / "meta.json").read_text())["created"] == "rebuilt"
