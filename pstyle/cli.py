@@ -127,7 +127,7 @@ def data_eval_photos(out: Path) -> None:
 @click.option("--split", type=click.Choice(["eval", "dev"]), default="eval", show_default=True)
 @MODEL_OPTION
 def eval_subjects_cmd(split: str, model_dir: Path | None) -> None:
-    """IoU of --mask subject against hand-labelled photos: the pretrained CAM + GrabCut vs the U-Net."""
+    """IoU of --mask subject against hand-labelled photos: CAM + face prior + GrabCut vs the U-Net."""
     from pstyle.bundled import resolve_model_dir
     from pstyle.checkpoint import load_checkpoint
     from pstyle.subjects import subject_mask
@@ -142,7 +142,7 @@ def eval_subjects_cmd(split: str, model_dir: Path | None) -> None:
         small = small[..., : small.shape[-2] // 4 * 4, : small.shape[-1] // 4 * 4]
         return torch.nn.functional.interpolate(model.subject_mask(small), size=(h, w), mode="nearest")
 
-    results = {"cam+grabcut": subject_iou(subject_mask, split), "unet": subject_iou(unet, split)}
+    results = {"prior+grabcut": subject_iou(subject_mask, split), "unet": subject_iou(unet, split)}
     names = list(results["unet"])
     click.echo(f"{'photo':<14}" + "".join(f"{m:>14}" for m in results))
     for name in names:
