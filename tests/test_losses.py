@@ -68,7 +68,7 @@ def test_content_loss_uses_layout_not_colour():
 
 
 def test_structure_loss_sees_fine_edges_that_the_content_loss_misses():
-    """A one-pixel shift of a fine stripe pattern: invisible at strides 8-16, plain at strides 2-4."""
+    """A one-pixel shift of a fine stripe pattern: faint at strides 8-16, plain at strides 2-4."""
     extractor = FeatureExtractor(FeatureConfig())
     stripes = (torch.arange(64) % 4 < 2).float().view(1, 1, 1, 64).expand(1, 3, 64, 64).clone()
     shifted = stripes.roll(1, dims=-1)
