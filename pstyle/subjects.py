@@ -74,7 +74,7 @@ def person_prior(image: Tensor) -> Tensor:
     h, w = image.shape[-2:]
     scale = FACE_SIDE / min(h, w)
     small = F.interpolate(image[None].float().cpu(), scale_factor=scale, mode="area")[0]
-    rgb = np.ascontiguousarray((small.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8))
+    rgb = _uint8_rgb(small)
     low = max(8, round(MIN_FACE * FACE_SIDE))
     faces = _face_detector().detect_multi_scale(
         img=rgb, scale_factor=1.2, step_ratio=1, min_size=(low, low), max_size=rgb.shape[:2]
@@ -108,6 +108,11 @@ def subject_prior(images: Tensor) -> Tensor:
     return torch.maximum(blob, people)
 
 
+def _uint8_rgb(image: Tensor) -> np.ndarray:
+    """(3,H,W) in [0,1] -> (H,W,3) uint8, the layout OpenCV and scikit-image detectors take."""
+    return np.ascontiguousarray((image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8))
+
+
 def _unit_range(x: Tensor) -> Tensor:
     """Min-max scale each image's map to [0, 1]."""
     low = x.amin(dim=(2, 3), keepdim=True)
@@ -127,7 +132,7 @@ def refine_with_grabcut(image: Tensor, prior: Tensor) -> Tensor:
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     small = F.interpolate(image[None].float(), size=size, mode="area")[0]
     p = F.interpolate(prior[None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
-    rgb = np.ascontiguousarray((small.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8))
+    rgb = _uint8_rgb(small)
     seeds = np.full(size, cv2.GC_PR_BGD, dtype=np.uint8)
     seeds[p >= PROBABLE_FG] = cv2.GC_PR_FGD
     seeds[p >= CERTAIN_FG] = cv2.GC_FGD

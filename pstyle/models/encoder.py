@@ -21,9 +21,9 @@ class StyleEncoder(nn.Module):
     unseen style. Log-std keeps a learned per-user code (an adapter's) unconstrained.
     """
 
-    def __init__(self, trunk: Trunk | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.trunk = trunk or Trunk()
+        self.trunk = Trunk()
         self.code_dim = CODE_DIM
 
     def forward(self, styles: Tensor) -> Tensor:
