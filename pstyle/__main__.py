@@ -1,5 +1,5 @@
 """`python -m pstyle` runs the CLI (the same as the `pstyle` console script)."""
 
-from pstyle.cli import main
+from pstyle.cli.main import main
 
 main()

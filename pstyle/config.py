@@ -1,7 +1,9 @@
 """Typed configuration: one source of truth shared by the CLI, Ray jobs and Serve.
 
-Every hyperparameter is declared once, here, with the reason it has its default. Configs
-round-trip through JSON/YAML so checkpoints can carry exactly what rebuilds them.
+Every setting is declared once, here, with the reason it has its default: the base model and its
+training (`PStyleConfig`), a user's adapter and its fine-tuning (`AdapterConfig`,
+`PersonalizeConfig`), a hyperparameter search (`TuneConfig`), a serving replica (`ServeConfig`) and
+the demo's stage sizes (`DemoPlan`). They share one load/save/override helper, `ConfigFile`.
 """
 
 from __future__ import annotations
@@ -10,13 +12,63 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from pstyle.ids import validate_id
+
 T = TypeVar("T")
+C = TypeVar("C", bound="ConfigFile")
+
+
+class ConfigFile:
+    """The one to_dict/from_dict/load/save/with_overrides that every typed config shares.
+
+    Configs round-trip through JSON/YAML (checkpoints and job specs carry exactly what rebuilds
+    them), and dotted overrides (`--set train.steps=10`) reach any nested field; unknown keys are
+    errors, never silently ignored.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        return from_dict(cls, data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        text = yaml.safe_dump(self.to_dict()) if path.suffix in (".yaml", ".yml") else self.to_json()
+        path.write_text(text)
+
+    @classmethod
+    def load(cls: type[C], path: Path) -> C:
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+    def with_overrides(self: C, overrides: dict[str, Any]) -> C:
+        """Apply dotted overrides like {"train.steps": 10} to a copy; unknown keys are KeyErrors."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            self._override(data, dotted, value)
+        return type(self).from_dict(data)
+
+    def _override(self, data: dict[str, Any], dotted: str, value: Any) -> None:
+        *path, last = dotted.split(".")
+        node = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node or not all(path + [last]):
+            raise KeyError(f"unknown {type(self).__name__} key {dotted!r}")
+        if isinstance(node[last], dict) and not isinstance(value, dict):
+            raise ValueError(f"{dotted!r} is a section of {type(self).__name__}: set one of its keys")
+        node[last] = value
 
 
 @dataclass
@@ -102,42 +154,13 @@ class TrainConfig:
 
 
 @dataclass
-class PStyleConfig:
+class PStyleConfig(ConfigFile):
     """Everything needed to build and train a base model."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PStyleConfig:
-        return from_dict(cls, data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def save(self, path: Path) -> None:
-        path = Path(path)
-        text = yaml.safe_dump(self.to_dict()) if path.suffix in (".yaml", ".yml") else self.to_json()
-        path.write_text(text)
-
-    @classmethod
-    def load(cls, path: Path) -> PStyleConfig:
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
-
-    def with_overrides(self, overrides: dict[str, Any]) -> PStyleConfig:
-        """Apply dotted overrides like {"train.steps": 10}; unknown keys are errors, not no-ops."""
-        data = self.to_dict()
-        for dotted, value in overrides.items():
-            section, _, key = dotted.partition(".")
-            if section not in data or key not in data[section]:
-                raise KeyError(f"unknown config key {dotted!r}")
-            data[section][key] = value
-        return from_dict(PStyleConfig, data)
 
 
 def cpu_preset(image_size: int = 64, steps: int = 100) -> PStyleConfig:
@@ -151,24 +174,6 @@ def cpu_preset(image_size: int = 64, steps: int = 100) -> PStyleConfig:
     config.train.steps = steps
     config.train.style_images = 3
     config.train.lr_g = config.train.lr_d = 1e-3
-    config.train.checkpoint_every = config.train.sample_every = max(steps // 4, 1)
-    return config
-
-
-def warm_start_preset(image_size: int = 64, steps: int = 100) -> PStyleConfig:
-    """Fine-tuning from the bundled base: its architecture and loss weights, a gentler learning rate.
-
-    Used by `pstyle demo`, so minutes of training on 2 CPUs start from a model that already does
-    real style transfer instead of from noise.
-    """
-    from pstyle.bundled import bundled_model_dir
-    from pstyle.checkpoint import read_meta
-
-    config = PStyleConfig.from_dict(read_meta(bundled_model_dir())["config"])
-    config.train.init_from = "bundled"
-    config.train.image_size = image_size
-    config.train.steps = steps
-    config.train.lr_g, config.train.lr_d = 1e-4, 2e-4
     config.train.checkpoint_every = config.train.sample_every = max(steps // 4, 1)
     return config
 
@@ -201,7 +206,7 @@ def _is_optional_str(hint: Any) -> bool:
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(ConfigFile):
     """What a serving replica needs; `serve/config.yaml` passes it as `user_config`, so every field
     can change at run time (`serve deploy` again) without restarting replicas."""
 
@@ -211,7 +216,7 @@ class ServeConfig:
     adapter_alias: str = "production"  # which adapter version a user gets outside experiments
     alias_ttl_s: float = 10.0  # how stale an alias resolution may be: new versions/rollbacks land within it
     device_cache_bytes: int = 64 * 2**20  # adapters resident on the device (AdapterBank slots)
-    host_cache_bytes: int = 2 * 2**30  # spilled adapters in host memory (10,000 rank-8 need ~1.7 GiB)
+    host_cache_bytes: int = 2 * 2**30  # spilled adapters in host memory (thousands of rank-8 adapters)
     shards: int = 64  # users hash into shards; a shard is the multiplexed id, for adapter locality
     multiplex_by: str = "shard"  # or "user": Serve's per-model-id batching (one user per batch), to compare
     size: int = 128  # default output shorter side
@@ -231,6 +236,353 @@ class ServeConfig:
             if not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
                 raise ValueError(f"grouped_max_fraction[{device_type!r}] must be in [0, 1], got {fraction}")
 
+
+# Glob patterns over `Generator.named_modules()` names: where an adapter has the most effect per byte.
+# Style enters the decoder through its FiLM affines (per-channel scale and shift at every stage) and is
+# rendered into texture by the decoder's convolutions at 1/8 to full resolution, the 1x1 conv that
+# turns noise into grain, and the output conv that sets the colours.
+# Left out: the frozen pretrained trunk (shared perception, never personalised); the 1/16-resolution
+# bottom and residual blocks (the widest layers: without them a rank-8 adapter stays small, see
+# `pstyle bench adapters`, and AdaIN there already imposes the user's code);
+# and the mapping network (w = mapping(code) is one vector per user, and the adapter's learned style
+# code already moves it). Each is one pattern away (e.g. "blocks.*.conv") when a larger adapter is fine.
+DEFAULT_TARGETS: tuple[str, ...] = (
+    "up*.film.affine",
+    "up*.conv*.conv",
+    "up1.conv",
+    "inject_noise",
+    "to_rgb",
+)
+
+
+@dataclass
+class AdapterConfig(ConfigFile):
+    """A low-rank adapter over the frozen generator (LoRA for Linear, LoCon for Conv2d)."""
+
+    rank: int = 8  # r: inner width of every down/up pair; size and capacity grow linearly with it
+    alpha: float = 8.0  # delta scale is alpha / rank, so changing rank keeps the update's magnitude
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS  # fnmatch globs over generator module names
+    dropout: float = 0.0  # on the adapter's input path, training only (few-shot users overfit)
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)  # JSON gives lists back
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one layer pattern")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class PersonalizeConfig(ConfigFile):
+    """How one user's adapter is trained; the shared loss weights come from the base checkpoint."""
+
+    steps: int = 100
+    lr: float = 5e-3  # JoJoGAN fine-tunes at 2e-3; zero-initialised low-rank updates take a larger step
+    code_lr: float = 2e-2  # the style code is one vector steering every AdaIN at once: a larger step
+    schedule: str = "cosine"  # "cosine": both learning rates decay to 0 at `steps`; or "constant"
+    batch_size: int = 8
+    holdout: int = 2  # style images kept out of training for early stopping and before/after metrics
+    eval_every: int = 20
+    eval_seeds: int = 2  # noise/patch seeds averaged by every held-out score: 2 held-out images are noisy
+    patience: int = 3  # evaluations without improvement before stopping
+    patch_swd: float = 10.0  # pixel-space patch SWD to the training style images (the metric's statistic)
+    sliced_wasserstein: float = 100.0  # distribution-level texture term on top of the base's Gram term
+    feedback: float = 1.0  # weight of the rating-driven terms
+    feedback_margin: float = 0.1  # disliked outputs must be this much (relatively) farther than the style
+    l2: float = 1e-3  # on adapter weights (not the style code)
+    base_consistency: float = 0.1  # MSE to the base model's output for the same code and noise
+    seed: int = 0
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.eval_seeds < 1:
+            raise ValueError(f"eval_seeds must be >= 1, got {self.eval_seeds}")
+
+
+def flag(default: Any, help: str) -> Any:
+    """A job setting that is also a command-line flag (`--field-name`): its help lives beside it, so
+    `pstyle ... --ray` and `ray_jobs/*.py` build the same flags from this one definition."""
+    return field(default=default, metadata={"help": help})
+
+
+STORE_HELP = "artifact store: a folder or s3://bucket/prefix [$PSTYLE_STORE, else ~/.pstyle]"
+RAY_ADDRESS_HELP = "'local' (a private Ray here) or a cluster address [RAY_ADDRESS, a running one, else new]"
+
+
+SEARCHERS = ("optuna", "random")
+SCHEDULERS = ("asha", "none")
+
+
+@dataclass
+class Param:
+    """One searched hyperparameter: a float/int range (optionally log-scaled) or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False  # sample log-uniformly: learning rates and loss weights span decades
+    integer: bool = False
+    choices: list[Any] | None = None
+
+    def __post_init__(self) -> None:
+        # YAML 1.1 reads `5e-5` (no dot) as a string: accept it as the number it plainly is.
+        self.low, self.high = (float(v) if isinstance(v, str) else v for v in (self.low, self.high))
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("a choice parameter needs a non-empty `choices` list and no low/high")
+            return
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a range parameter needs low < high, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scaled range needs low > 0, got {self.low}")
+
+
+def default_space() -> dict[str, Param]:
+    """The default search space; ranges bracket the literature values noted in `pstyle.config`."""
+    return {
+        # TTUR: separate generator and discriminator learning rates (SAGAN: 1e-4 / 4e-4).
+        "train.lr_g": Param(5e-5, 2e-3, log=True),
+        "train.lr_d": Param(1e-4, 4e-3, log=True),
+        # Adam betas: (0, 0.99) StyleGAN2-ADA, (0, 0.9) SNGAN, (0.5, 0.999) DCGAN-style.
+        "train.beta1": Param(choices=[0.0, 0.5]),
+        "train.beta2": Param(choices=[0.9, 0.99]),
+        # Loss weights, log-scaled a decade either side of the defaults in `pstyle.config.LossConfig`.
+        "loss.adversarial": Param(0.005, 0.5, log=True),
+        "loss.content": Param(0.1, 10.0, log=True),
+        "loss.structure": Param(3.0, 300.0, log=True),
+        "loss.style": Param(0.5, 50.0, log=True),
+        "loss.tv": Param(0.1, 10.0, log=True),
+        "loss.diversity": Param(0.0, 1.0),
+        # R1: 0.01 (CIFAR) .. 10 (StyleGAN2-ADA default) .. 1 at 256 px.
+        "loss.r1_gamma": Param(0.01, 10.0, log=True),
+        "model.channels": Param(choices=[8, 16, 24, 32]),
+        "model.res_blocks": Param(choices=[1, 2, 4]),
+        "model.w_dim": Param(choices=[16, 32, 64]),
+        "train.batch_size": Param(choices=[4, 8]),
+    }
+
+
+def default_base() -> PStyleConfig:
+    """The config trials start from: the CPU preset at 64 px (a trial must fit in minutes on a CPU)."""
+    return cpu_preset(64)
+
+
+@dataclass
+class TuneConfig(ConfigFile):
+    """Settings of one Ray Tune search (`pstyle tune`, `ray_jobs/tune_base.py`, `pstyle bench tune`).
+
+    Objectives: `swd` (SWD to held-out style images, x1e3, minimised) and `ssim` (content SSIM,
+    maximised). ASHA needs one number, the scalarised `score` (see `pstyle.distributed.tune_results.score`):
+        score = swd / swd_identity + ssim_weight * (1 - ssim)        (lower is better)
+    where swd_identity is the SWD of returning the content unchanged (so 1.0 = no better than doing
+    nothing, whatever the data) and 1 - ssim is the lost content structure.
+    """
+
+    name: str = flag("tune-base", "experiment name; the same name again resumes the experiment")
+    store: str | None = flag(None, STORE_HELP)
+    data: str | None = flag(None, "dataset folder visible to every node [synthetic data, made per node]")
+    model_name: str = flag("base", "registry name the chosen checkpoint is published under (alias candidate)")
+
+    search: str = flag("optuna", "optuna: multi-objective TPE over (swd, ssim); random: seeded sampling")
+    scheduler: str = flag("asha", "asha: early-stop on the score; none: every trial runs all iterations")
+    num_samples: int = flag(16, "trials")
+    iterations: int = flag(10, "reports per trial (ASHA's max_t): steps_per_iteration steps + an evaluation")
+    steps_per_iteration: int = flag(20, "training steps per report")
+    checkpoint_every: int = 1  # checkpoint every k iterations (and always at the last one)
+    # ASHA: iterations every trial gets before it can be stopped; at 20 steps an iteration, trial
+    # ranks settle by the 3rd (rank correlations in docs/benchmarks.md).
+    grace_period: int = 3
+    reduction_factor: int = 3  # ASHA: keep the best 1/3 at each rung
+    ssim_weight: float = 0.5  # in `score`: a 0.1 SSIM gain is worth 5 % of identity's SWD
+    eval_users: int = 4  # users (held-out style images) and content images scored per evaluation
+    eval_content: int = 8
+
+    cpus_per_trial: float = flag(1.0, "CPUs per trial")
+    gpus_per_trial: float = flag(0.0, "GPUs per trial; fractions such as 0.25 pack small trials on one GPU")
+    max_concurrent_trials: int = flag(0, "0: derived from the cluster's CPUs/GPUs and the per-trial request")
+    max_failures: int = flag(2, "retries of a failed trial, from its last checkpoint")
+    seed: int = flag(0, "searcher seed; every trial trains with base.train.seed (a fair comparison)")
+    ray_address: str | None = flag(None, RAY_ADDRESS_HELP)
+
+    synth_content: int = 16  # size of the synthetic dataset used when `data` is None
+    synth_users: int = 10
+    synth_images_per_user: int = 5
+
+    # Fault injection for tests: every trial raises once when it reaches this iteration (0 = off).
+    fail_at_iteration: int = 0
+
+    base: PStyleConfig = field(default_factory=default_base)
+    space: dict[str, Param] = field(default_factory=default_space)
+
+    def __post_init__(self) -> None:
+        validate_id(self.name, "experiment name")
+        validate_id(self.model_name, "base model name")
+        if self.search not in SEARCHERS:
+            raise ValueError(f"search must be one of {SEARCHERS}, got {self.search!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        for name in ("num_samples", "iterations", "steps_per_iteration", "checkpoint_every", "grace_period"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.reduction_factor < 2:
+            raise ValueError(f"reduction_factor must be at least 2, got {self.reduction_factor}")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            raise ValueError("cpus_per_trial must be > 0 and gpus_per_trial >= 0")
+        self.space = {
+            key: p if isinstance(p, Param) else from_dict(Param, p) for key, p in self.space.items()
+        }
+        for key, param in self.space.items():  # each key must name a real config field
+            sample = param.choices[0] if param.choices is not None else param.low
+            self.base.with_overrides({key: sample})
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ServeConfig:
+    def from_dict(cls, data: dict[str, Any]) -> TuneConfig:
+        """`base` is merged onto the default base config (a file names only what it changes);
+        `space`, when given, replaces the default space (it is a set: say exactly what to search)."""
+        data = dict(data)
+        base = data.pop("base", None) or {}
+        data["base"] = PStyleConfig.from_dict(_deep_merge(default_base().to_dict(), base))
         return from_dict(cls, data)
+
+    def _override(self, data: dict[str, Any], dotted: str, value: Any) -> None:
+        """`space.train.lr_g` sets a Param mapping (None stops searching that key); the rest,
+        `iterations` or `base.train.image_size`, are ordinary dotted keys."""
+        head, _, key = dotted.partition(".")
+        if head != "space" or not key:
+            super()._override(data, dotted, value)
+        elif value is None:
+            data["space"].pop(key, None)
+        else:
+            data["space"][key] = value
+
+    # ---- what trials run ------------------------------------------------------------------------
+
+    def trial_config(self, params: dict[str, Any]) -> PStyleConfig:
+        """The full model/training config of a trial: base + sampled values, with the steps it runs."""
+        config = self.base.with_overrides(params)
+        config.train.steps = self.iterations * self.steps_per_iteration
+        return config
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class DemoPlan(ConfigFile):
+    """How big each stage is: the full demo and the `--tiny` one the tests run."""
+
+    image_size: int = 64
+    n_content: int = 32
+    n_users: int = 8  # synthetic style users
+    images_per_user: int = 6
+    demo_users: int = 4  # users who get adapters and send traffic
+    tune_trials: int = 6
+    tune_iterations: int = 3
+    tune_steps: int = 8  # steps per Tune iteration
+    base_steps: int = 150  # fine-tuning the bundled base: it already transfers style
+    workers: int = 2  # Ray Train workers (base and adapters)
+    adapter_steps: int = 40  # production adapters
+    candidate_steps: int = 80  # candidate adapters (the A/B treatment)
+    requests: int = 6  # per user, before the experiment
+    ab_requests: int = 16  # per cohort user, during the experiment: 2 users x 16 = 32 ratings per arm
+
+    @classmethod
+    def tiny(cls) -> DemoPlan:
+        return cls(image_size=32, n_content=8, n_users=4, images_per_user=5, demo_users=3, tune_trials=2,
+                   tune_iterations=2, tune_steps=2, base_steps=4, adapter_steps=3, candidate_steps=4,
+                   requests=2, ab_requests=3)  # fmt: skip
+
+
+@dataclass
+class TrainJob(ConfigFile):
+    """Where and how a base-training run executes on Ray Train (the model itself is a PStyleConfig)."""
+
+    data: str = flag("", "dataset folder visible to every worker (required)")
+    store: str | None = flag(None, STORE_HELP)
+    name: str = flag("train-base", "run name; the same name and store again resumes the run")
+    model_name: str = flag("base", "registry name the result is published under (alias candidate)")
+    workers: int = flag(2, "Ray Train workers")
+    gpu: bool = flag(False, "one GPU per worker (NCCL instead of gloo)")
+    cpus_per_worker: float = flag(1.0, "CPUs (torch threads) per worker")
+    max_failures: int = flag(2, "worker-group restarts from the last checkpoint")
+    ray_address: str | None = flag(None, RAY_ADDRESS_HELP)
+    out: str | None = flag(None, "also copy the final checkpoint to this folder")
+    trace_dir: str | None = flag(None, "workers' pids and rank 0's per-step log (tests, debugging)")
+
+    def __post_init__(self) -> None:
+        validate_id(self.name, "run name")
+        validate_id(self.model_name, "base model name")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+
+@dataclass
+class AdapterJobConfig(ConfigFile):
+    """Which users' adapters a Ray Train job fine-tunes, on which base (the recipe: PersonalizeConfig)."""
+
+    users: str = flag("", "a user manifest (store key or local JSON/YAML) or a folder <dir>/<user>/*.png")
+    base: str = flag("base@production", "the base in the registry: NAME[@alias|version]")
+    store: str | None = flag(None, STORE_HELP)
+    name: str | None = flag(None, "job name [adapters-<time>]; the same name again skips users done")
+    workers: int = flag(1, "Ray Train workers")
+    cpus_per_worker: float = flag(1.0, "CPUs (threads) per worker")
+    group_size: int = flag(2, "users trained together in one batched forward per worker")
+    forward: str = flag("grouped", "one pass per user (grouped) or per-sample adapters (mixed)")
+    n_content: int = flag(32, "procedural content scenes each adapter trains on")
+    max_failures: int = flag(1, "worker-group restarts")
+    ray_address: str | None = flag(None, RAY_ADDRESS_HELP)
+    summary: str | None = flag(None, "also write the job summary JSON here")
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            validate_id(self.name, "job name")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if self.forward not in ("grouped", "mixed"):
+            raise ValueError(f"forward must be grouped or mixed, got {self.forward!r}")
+
+
+def flag_fields(cls: type) -> list[tuple[str, type, str]]:
+    """(field name, scalar type, help) of every `flag(...)` field of config class `cls`."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if "help" in f.metadata:
+            hint = hints[f.name]
+            scalar = next(a for a in hint.__args__ if a is not type(None)) if _is_optional(hint) else hint
+            out.append((f.name, scalar, f.metadata["help"]))
+    return out
+
+
+def _is_optional(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) and type(None) in hint.__args__
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings (from `--set`) as {dotted key: value}, each value read as YAML."""
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects section.key=value, got {item!r}")
+        parsed[key] = yaml.safe_load(value)
+    return parsed

@@ -9,8 +9,6 @@ PIL traceback or a silently wrong image.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.utils import make_grid
+
+from pstyle.store.atomic import atomic_write
 
 MIN_SIDE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -206,15 +206,12 @@ def save_image(t: torch.Tensor, path: str | Path, nrow: int = 8) -> None:
     path = Path(path)
     fmt = _format(path.suffix)
     img = _to_pil(t, nrow)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             _encode(img, fmt, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def image_to_bytes(t: torch.Tensor, fmt: str = "png") -> bytes:

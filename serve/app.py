@@ -1,10 +1,10 @@
 """The pstyle Ray Serve application: a FastAPI ingress and a generator deployment.
 
     Ingress (FastAPI, stateless)   auth, upload validation, A/B assignment, events, image ids
-      └─ Generator (autoscaled)    one base model + an AdapterBank per replica; @serve.batch mixes users
+      └─ StyleReplica (autoscaled) one base model + an AdapterBank per replica; @serve.batch mixes users
 
 Batching across users: Serve's @serve.batch splits a batch per multiplexed model id, so the adapter
-travels inside the request and the replica applies per-sample adapters itself (pstyle.serving).
+travels inside the request and the replica applies per-sample adapters itself (pstyle.serving.replica).
 The multiplexed id is the user's *shard* (users hashed into `shards` buckets): routing then prefers
 replicas that already served that shard (adapter locality) while one batch still mixes all the
 shard's users. `multiplex_by: user` gives Serve's per-model-id batching, for comparison.
@@ -32,15 +32,17 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.util import metrics
 
-from pstyle.auth import ApiKeys, AuthError, Principal
 from pstyle.config import ServeConfig
-from pstyle.events import EventLog
-from pstyle.experiments import Experiment, ExperimentStore, Variant, assign, report
-from pstyle.image_ids import ImageIds, load_secret
 from pstyle.images import ImageError, image_to_bytes, mask_to_tensor, open_image
-from pstyle.registry import Registry, describe
-from pstyle.serving import REGIONS, AdapterServer, StylizeRequest, StylizeResult, prepare_image
+from pstyle.ratings import parse_rating
+from pstyle.serving.api_keys import ApiKeys, AuthError, Principal
+from pstyle.serving.experiments import Experiment, ExperimentStore, Variant, assign, report
+from pstyle.serving.regions import REGIONS
+from pstyle.serving.replica import AdapterServer, StylizeRequest, StylizeResult, prepare_image
+from pstyle.serving.signed_ids import ImageIds, load_secret
 from pstyle.store import open_store
+from pstyle.store.events import EventLog
+from pstyle.store.registry import Registry, describe
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -63,7 +65,7 @@ def shard_of(user_id: str, shards: int) -> str:
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
     health_check_period_s=5,
 )
-class Generator:
+class StyleReplica:
     """One base generator and many users' adapters; batches requests of any users together."""
 
     def __init__(self) -> None:
@@ -278,9 +280,7 @@ class Ingress:
                 mask_image = open_image(
                     fields["mask"], "mask", max_pixels=self.config.max_pixels, single_frame=True
                 )
-                mask = torch.nn.functional.interpolate(
-                    mask_to_tensor(mask_image)[None], size=content.shape[-2:], mode="nearest"
-                )[0]
+                mask = mask_to_tensor(mask_image)  # fitted to the content by `region_masks`
         except ImageError as exc:
             raise ApiError(400, str(exc)) from None
         except ValueError as exc:
@@ -293,11 +293,11 @@ class Ingress:
         user = self._principal(request).user_id
         try:
             body = await request.json()
-            image_id, rating = body["image_id"], int(body["rating"])
+            image_id, rating = body["image_id"], parse_rating(body["rating"])
         except (ValueError, KeyError, TypeError):
             raise ApiError(400, 'send JSON {"image_id": "...", "rating": 1-5}') from None
-        if not 1 <= rating <= 5:
-            raise ApiError(400, f"rating must be 1-5, got {rating}")
+        if rating is None:
+            raise ApiError(400, f'rating must be 1-5, "up" or "down", got {body["rating"]!r}')
         try:
             issued = self.image_ids.verify(image_id)
         except ValueError:
@@ -367,7 +367,7 @@ def build_app(config: ServeConfig | None = None, **generator_options: Any) -> se
     """The application with `config` as both deployments' user_config; `generator_options` override the
     generator deployment's (e.g. max_ongoing_requests) for tests and benchmarks."""
     user_config = dataclasses.asdict(config or ServeConfig())
-    generator = Generator.options(user_config=user_config, **generator_options).bind()
+    generator = StyleReplica.options(user_config=user_config, **generator_options).bind()
     return Ingress.options(user_config=user_config).bind(generator)
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.tiny import tiny_config, tiny_model
 
+from pstyle.bench.loopback_s3 import local_s3_server
 from pstyle.config import ModelConfig, PStyleConfig
-from pstyle.store.moto import free_port, local_s3_server  # noqa: F401 - free_port is shared with test modules
 
 
 @pytest.fixture(autouse=True)
@@ -20,29 +21,22 @@ def _deterministic() -> None:
 @pytest.fixture
 def small_model_cfg() -> ModelConfig:
     """A narrow model: every code path, a fraction of the compute."""
-    return ModelConfig(channels=8, res_blocks=1, w_dim=16, noise_dim=4, disc_channels=8, segmenter_channels=4)
+    return tiny_model()
 
 
 @pytest.fixture
-def small_config(small_model_cfg: ModelConfig) -> PStyleConfig:
-    cfg = PStyleConfig(model=small_model_cfg)
-    cfg.train.image_size = 32
-    cfg.train.batch_size = 4
-    cfg.train.style_images = 2
-    cfg.train.steps = 4
-    cfg.train.checkpoint_every = 2
-    cfg.train.sample_every = 2
-    return cfg
+def small_config() -> PStyleConfig:
+    return tiny_config()
 
 
-BASE_STEPS = 100  # ~70 s on 2 CPUs at 64 px
+BASE_STEPS = 100  # enough for the trained-model tests, at 64 px
 
 
 @pytest.fixture(scope="session")
 def trained_base(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A base model trained briefly (seeded) on the synthetic data, shared by the session."""
     from pstyle.config import cpu_preset
-    from pstyle.train import train_base
+    from pstyle.training.trainer import train_base
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("base") / "base"

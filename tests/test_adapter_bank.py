@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.tiny import tiny_model
 from torch import Tensor
 
 from pstyle.adapters import (
@@ -24,7 +25,6 @@ from pstyle.adapters import (
     style_code,
 )
 from pstyle.adapters.bank import DEFAULT_GROUPED_MAX_FRACTION
-from pstyle.config import ModelConfig
 from pstyle.models import Generator
 from pstyle.models.encoder import CODE_DIM
 
@@ -43,7 +43,7 @@ ASSIGNMENT = ["ann", None, "bob", "cat", "ann", "dan", None, "eve"]
 @pytest.fixture(scope="module")
 def base() -> Generator:
     torch.manual_seed(0)
-    return Generator(ModelConfig(channels=8, res_blocks=1, w_dim=16, noise_dim=4)).eval()
+    return Generator(tiny_model()).eval()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pstyle.adapter_jobs import (
+from pstyle.adapters import load_adapter, set_active_adapter, style_code
+from pstyle.adapters.personalize import GroupPersonalizer
+from pstyle.config import PersonalizeConfig
+from pstyle.data.folders import StyleUsers
+from pstyle.data.splits import holdout_split
+from pstyle.data.synth import scene_tensors
+from pstyle.distributed.adapter_jobs import (
     AdapterJob,
     UserDataError,
     build_manifest,
@@ -21,14 +27,10 @@ from pstyle.adapter_jobs import (
     load_user_data,
     train_users,
 )
-from pstyle.adapters import load_adapter, set_active_adapter, style_code
-from pstyle.checkpoint import fingerprint, load_checkpoint
-from pstyle.data.folders import StyleUsers
-from pstyle.data.synth import scene_tensors
-from pstyle.metrics import style_distance
-from pstyle.personalize import GroupPersonalizer, PersonalizeConfig, holdout_split
-from pstyle.registry import Registry
+from pstyle.quality.metrics import style_distance
 from pstyle.store import LocalStore
+from pstyle.store.registry import Registry
+from pstyle.training.checkpoint import fingerprint, load_checkpoint
 
 USERS = ["stripes-000", "dots-001", "mosaic-004", "halftone-007"]  # four different style families
 CORRUPT = "corrupt-user"
@@ -62,7 +64,7 @@ def users_dir(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 @pytest.fixture(scope="module")
 def job(local_ray, trained_base: Path, users_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """One job through the CLI (`pstyle personalize --ray`): 2 workers, 2 users each."""
-    from pstyle.cli import cli
+    from pstyle.cli.main import cli
 
     root = tmp_path_factory.mktemp("job")
     store = LocalStore(root / "store")
@@ -221,7 +223,7 @@ def test_feedback_in_manifest_is_loaded(tmp_path: Path, users_dir: Path):
 def test_mixed_forward_matches_one_pass_per_user(small_config):
     """The batched multi-user forward (per-sample adapters) equals running each user's adapter alone,
     in outputs and in gradients."""
-    from pstyle.model import StyleModel
+    from pstyle.models.style_model import StyleModel
 
     base = StyleModel(small_config.model)
     users = ["a", "b", "c"]
@@ -246,7 +248,7 @@ def test_mixed_forward_matches_one_pass_per_user(small_config):
 
 
 def test_personalize_ray_needs_users_and_entrypoint_help():
-    from pstyle.cli import cli
+    from pstyle.cli.main import cli
 
     result = CliRunner().invoke(cli, ["personalize", "--ray", "--base", "base"])
     assert result.exit_code == 2 and "--users" in result.output

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.tiny import tiny_model
 from torch import Tensor, nn
 
 from pstyle.adapters import (
@@ -40,7 +41,7 @@ FP = "f" * 64  # a base-model fingerprint; io only compares it
 
 def tiny_generator() -> Generator:
     torch.manual_seed(0)
-    return Generator(ModelConfig(channels=8, res_blocks=1, w_dim=16, noise_dim=4))
+    return Generator(tiny_model())
 
 
 def inputs(gen: Generator, batch: int = 2) -> tuple[Tensor, Tensor, Tensor]:
@@ -66,7 +67,7 @@ def base_tensors(gen: Generator) -> dict[str, Tensor]:
 # --- config ----------------------------------------------------------------------------------------
 def test_config_json_round_trip_and_validation() -> None:
     cfg = AdapterConfig(rank=4, alpha=2, target_modules=("up1.conv", "to_rgb"), dropout=0.1)
-    back = AdapterConfig.from_json(cfg.to_json())
+    back = AdapterConfig.from_dict(json.loads(cfg.to_json()))
     assert back == cfg and isinstance(back.target_modules, tuple) and isinstance(back.alpha, float)
     assert back.scale == 0.5
     with pytest.raises(ValueError, match="rank"):

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pstyle import auth
-from pstyle.auth import AUTH_FAILED, ApiKeys, AuthError, Principal, create_user
+from pstyle.serving import api_keys as auth
+from pstyle.serving.api_keys import AUTH_FAILED, ApiKeys, AuthError, Principal, create_user
 from pstyle.store import LocalStore, Store
 from tests.test_store import untouched
 
 DEFAULT_PARAMS = dict(auth.SCRYPT_PARAMS)
-FAST_PARAMS = {"n": 2**10, "r": 8, "p": 1}  # ~5 ms instead of ~40 ms: the tests hash a lot
+FAST_PARAMS = {"n": 2**10, "r": 8, "p": 1}  # an eighth of the default cost: the tests hash a lot
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 import torch
 
-from pstyle.baselines import BASELINES, identity, lab_to_rgb, reinhard, rgb_to_lab
+from pstyle.quality.baselines import BASELINES, identity, lab_to_rgb, reinhard, rgb_to_lab
 
 
 def _smooth_colours(n: int, size: int, lo: float, hi: float, seed: int) -> torch.Tensor:

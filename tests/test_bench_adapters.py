@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from fixtures.tiny import tiny_model
 
 from pstyle.adapters import choose_path
-from pstyle.bench import write_result
-from pstyle.bench_adapters import adapters_table, bench_adapters
-from pstyle.config import ModelConfig
+from pstyle.bench.adapters import adapters_table, bench_adapters
+from pstyle.bench.common import write_result
 
-TINY = ModelConfig(channels=8, res_blocks=1, w_dim=16, noise_dim=4)
+TINY = tiny_model()
 
 
 def test_bench_adapters_smoke(tmp_path: Path) -> None:

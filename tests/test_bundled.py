@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pstyle import bundled
-from pstyle.checkpoint import load_checkpoint
 from pstyle.data.photos import load_real_image, photo_paths, tiles
 from pstyle.images import load_image, save_image
-from pstyle.metrics import ssim, style_distance
 from pstyle.models.generator import DOWNSAMPLING
+from pstyle.quality.metrics import ssim, style_distance
+from pstyle.training import bundled
+from pstyle.training.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def _fake_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
-    from pstyle.cli import main
+    from pstyle.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["pstyle", *map(str, args)])
     with pytest.raises(SystemExit) as exit_info:
@@ -106,7 +106,7 @@ def test_stylize_without_model_uses_the_bundled_base(tmp_path, monkeypatch, caps
         monkeypatch.setattr(
             sys, "argv", ["pstyle", "stylize", str(photo), "--style", str(style), "-o", str(out)]
         )
-        from pstyle.cli import main
+        from pstyle.cli.main import main
 
         main()
         raise SystemExit(0)

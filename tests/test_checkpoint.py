@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pstyle.checkpoint import (
+from pstyle.models.style_model import StyleModel
+from pstyle.training.checkpoint import (
     CheckpointError,
     fingerprint,
     flatten_state,
@@ -16,7 +17,6 @@ from pstyle.checkpoint import (
     save_checkpoint,
     unflatten_state,
 )
-from pstyle.model import StyleModel
 
 
 @pytest.fixture

@@ -9,18 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.tiny import set_args, tiny_settings
 
-from pstyle.checkpoint import fingerprint, load_checkpoint
 from pstyle.config import PStyleConfig
 from pstyle.images import load_image, save_image
-from pstyle.train import train_base
+from pstyle.training.checkpoint import fingerprint, load_checkpoint
+from pstyle.training.trainer import train_base
 
-TINY_SETTINGS = {
-    "train.image_size": 32, "train.batch_size": 2, "train.style_images": 2, "train.checkpoint_every": 2,
-    "train.sample_every": 2, "model.channels": 8, "model.res_blocks": 1,
-    "model.disc_channels": 8, "model.segmenter_channels": 4,
-}  # fmt: skip
-TINY = [arg for key, value in TINY_SETTINGS.items() for arg in ("--set", f"{key}={value}")]
+TINY = set_args(tiny_settings(**{"train.batch_size": 2, "train.steps": 3}))
 
 
 def pstyle(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -33,9 +29,7 @@ def pstyle(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, synth_dir) -> Path:
     out = tmp_path_factory.mktemp("cli") / "base"
-    pstyle(
-        "train-base", "--data", synth_dir, "--out", out, "--device", "cpu", "--set", "train.steps=3", *TINY
-    )
+    pstyle("train-base", "--data", synth_dir, "--out", out, "--device", "cpu", *TINY)
     return out
 
 
@@ -131,7 +125,7 @@ def test_bad_inputs_give_one_line_errors(trained, synth_dir, tmp_path):
 def test_eval_writes_table_and_json(trained, synth_dir, tmp_path):
     out = tmp_path / "eval.json"
     proc = pstyle(
-        "eval", "--model", trained, "--data", synth_dir, "--out", out, "--users", "2", "--n-content", "2"
+        "eval", "--model", trained, "--data", synth_dir, "--out", out, "--n-users", "2", "--n-content", "2"
     )
     assert "reinhard" in proc.stdout
     report = json.loads(out.read_text())
@@ -160,3 +154,43 @@ def test_bench_adapters_cli(tmp_path):
     result = json.loads((tmp_path / "adapters-cpu.json").read_text())
     assert {r["path"] for r in result["rows"]} >= {"base", "merged", "mixed", "grouped", "auto"}
     assert "mixed" in proc.stdout
+
+
+def test_renamed_options_keep_the_old_spelling_for_a_release():
+    """`--users N` (a count) became `--n-users`: scripts using the old flag still run, with a warning."""
+    import click
+    from click.testing import CliRunner
+
+    from pstyle.cli.options import renamed_option
+
+    @click.command()
+    @click.option("--n-users", "n_users", default=8, type=int)
+    @renamed_option("--users", "--n-users", "n_users", type=int)
+    def count(n_users: int) -> None:
+        click.echo(f"n={n_users}")
+
+    runner = CliRunner()
+    old = runner.invoke(count, ["--users", "3"])
+    assert old.exit_code == 0 and "n=3" in old.stdout and "--users is deprecated" in old.stderr
+    new = runner.invoke(count, ["--n-users", "4"])
+    assert new.exit_code == 0 and "n=4" in new.stdout and "deprecated" not in new.stderr
+    assert "--users" not in runner.invoke(count, ["--help"]).stdout
+
+
+def test_job_flags_are_generated_from_the_typed_job_config():
+    """`pstyle train-base --ray` and `ray_jobs/train_base.py` take the same flags: TrainJob's fields."""
+    from click.testing import CliRunner
+
+    from pstyle.cli.main import cli
+    from pstyle.config import PStyleConfig, TrainJob, flag_fields
+    from pstyle.distributed.job_args import parse_job
+
+    help_text = CliRunner().invoke(cli, ["train-base", "--help"]).stdout
+    for name, _, _ in flag_fields(TrainJob):
+        if name not in ("data", "out"):  # the command's own --data and --out
+            assert "--" + name.replace("_", "-") in help_text
+    argv = ["--data", "d", "--workers", "3", "--gpu", "--set", "train.steps=7"]
+    job, config = parse_job(TrainJob, PStyleConfig, argv)
+    assert (job.data, job.workers, job.gpu, config.train.steps) == ("d", 3, True, 7)
+    with pytest.raises(SystemExit):  # argparse's one-line usage error, not a traceback
+        parse_job(TrainJob, argv=["--workers", "0"])

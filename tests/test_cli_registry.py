@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pstyle.cli import cli
-from pstyle.registry import Registry
+from pstyle.cli.main import cli
 from pstyle.store import LocalStore
+from pstyle.store.registry import Registry
 
 
 @pytest.fixture

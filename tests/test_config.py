@@ -28,3 +28,19 @@ def test_ints_accepted_for_floats_and_validation():
     assert PStyleConfig.from_dict({"loss": {"style": 2}}).loss.style == 2.0
     with pytest.raises(ValueError, match="odd"):
         PStyleConfig().with_overrides({"model.mask_feather": 4})
+
+
+def test_every_config_shares_one_override_rule():
+    """`ConfigFile.with_overrides` reaches nested keys of any config and refuses what is not a key."""
+    from pstyle.config import AdapterJobConfig, PersonalizeConfig, TrainJob, TuneConfig
+
+    tune = TuneConfig().with_overrides({"base.train.steps": 3, "space.train.lr_g": None, "iterations": 2})
+    assert (tune.base.train.steps, tune.iterations, "train.lr_g" in tune.space) == (3, 2, False)
+    assert PersonalizeConfig().with_overrides({"adapter.rank": 4}).adapter.rank == 4
+    assert TrainJob().with_overrides({"workers": 4}).workers == 4
+    with pytest.raises(KeyError, match="unknown AdapterJobConfig key"):
+        AdapterJobConfig().with_overrides({"wrokers": 2})
+    with pytest.raises(KeyError, match="unknown PStyleConfig key"):
+        PStyleConfig().with_overrides({"train..steps": 2})
+    with pytest.raises(ValueError, match="is a section"):
+        PStyleConfig().with_overrides({"train": 5})

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import make_bucket
 
-from pstyle.demo import MARKER, prepare_out
+from pstyle.demo.pipeline import MARKER, prepare_out
 from pstyle.images import load_image
-from pstyle.registry import Registry
 from pstyle.store import open_store
+from pstyle.store.registry import Registry
 
 STAGES = ["data", "tune", "train", "adapters", "serve", "report"]
 

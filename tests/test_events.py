@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pstyle.events import EventLog, read_events
 from pstyle.store import Store
+from pstyle.store.events import EventLog, read_events
 
 
 def test_batches_land_under_dated_prefixes(store: Store) -> None:
@@ -50,7 +50,7 @@ def test_hostile_kinds_and_users_rejected(store: Store) -> None:
 
 def test_clean_exit_flushes_buffered_events(store_uri: str, store: Store) -> None:
     script = (
-        "import sys\nfrom pstyle.events import EventLog\nfrom pstyle.store import open_store\n"
+        "import sys\nfrom pstyle.store.events import EventLog\nfrom pstyle.store import open_store\n"
         "log = EventLog(open_store(sys.argv[1]), batch_size=1000, flush_interval_s=3600)\n"
         "for i in range(5): log.append('feedback', 'alice', rating=5)\n"
     )

@@ -11,11 +11,10 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from pstyle import auth
-from pstyle.auth import ApiKeys
-from pstyle.cli import cli
-from pstyle.events import EventLog
-from pstyle.experiments import (
+from pstyle.cli.main import cli
+from pstyle.serving import api_keys as auth
+from pstyle.serving.api_keys import ApiKeys
+from pstyle.serving.experiments import (
     Experiment,
     ExperimentError,
     ExperimentStore,
@@ -25,8 +24,9 @@ from pstyle.experiments import (
     promote,
     report,
 )
-from pstyle.registry import Registry
 from pstyle.store import LocalStore, Store, StoreError
+from pstyle.store.events import EventLog
+from pstyle.store.registry import Registry
 
 USERS = [f"user{i:04d}" for i in range(2000)]
 
@@ -268,7 +268,7 @@ def test_cli_users_and_ab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         "b=3:2",
         "--percent",
         "10",
-        "--users",
+        "--cohort",
         "x,y",
     )
     listing = run("ab", "list")

@@ -10,7 +10,7 @@ import torch
 
 from pstyle.data.importer import import_folders
 from pstyle.images import save_image
-from pstyle.train import TrainingData
+from pstyle.training.trainer import TrainingData
 from tests.conftest import make_bucket
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from pstyle import losses
 from pstyle.config import FeatureConfig
 from pstyle.models.features import FeatureExtractor
+from pstyle.training import losses
 
 
 def test_hinge_losses():

@@ -3,14 +3,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pstyle.metrics import (
+from pstyle.quality.metrics import (
     code_consistency,
     diversity,
     laplacian_pyramid,
     luminance,
     pyr_up,
     ssim,
-    style_metrics,
     swd,
 )
 
@@ -175,11 +174,3 @@ def test_code_consistency():
     assert abs(code_consistency(-c, c) + 1) < 1e-6
     e = torch.eye(4)
     assert abs(code_consistency(e, e.roll(1, dims=1))) < 1e-6
-
-
-def test_style_metrics():
-    content, styles = blobs(2), stripes(3, seed=2)
-    m = style_metrics(content, content, styles, seed=0)
-    assert set(m) == {"swd", "ssim"}
-    assert abs(m["ssim"] - 1) < 1e-6
-    assert m["swd"] == swd(content, styles, seed=0)["mean"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pstyle.model import StyleModel
 from pstyle.models.encoder import CODE_DIM, split_code
 from pstyle.models.generator import feather
+from pstyle.models.style_model import StyleModel
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from pstyle.adapters import load_adapter, set_active_adapter
-from pstyle.checkpoint import fingerprint, load_checkpoint
-from pstyle.config import PStyleConfig
+from pstyle.adapters.personalize import Feedback, Personalizer
+from pstyle.config import PersonalizeConfig, PStyleConfig
 from pstyle.data.folders import StyleUsers
 from pstyle.data.synth import scene_tensors
 from pstyle.models.encoder import CODE_DIM
-from pstyle.personalize import Feedback, PersonalizeConfig, Personalizer
+from pstyle.training.checkpoint import fingerprint, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +90,23 @@ def test_cli_personalize_with_feedback_and_bad_user_id(trained_base, synth_dir, 
         [*cmd, "--user", "../evil", "--out", str(tmp_path / "x")], capture_output=True, text=True
     )
     assert bad.returncode == 1 and "invalid user id" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_cli_base_is_a_folder_or_a_registry_reference(trained_base, synth_dir, tmp_path):
+    """`--base NAME@alias` names a base in the registry with or without --ray; a folder is a folder."""
+    from click.testing import CliRunner
+
+    from pstyle.cli.main import cli
+    from pstyle.store import LocalStore
+    from pstyle.store.registry import Registry
+
+    Registry(LocalStore(tmp_path / "store")).publish_base("base", trained_base, aliases=["production"])
+    args = ["personalize", "--user", "u1", "--styles", str(synth_dir / "styles" / "dots-001"), "--steps", "1"]
+    result = CliRunner().invoke(cli, [*args, "--base", "base@production", "--store", str(tmp_path / "store"),
+                                      "--out", str(tmp_path / "ad")])  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (tmp_path / "ad" / "adapter.safetensors").is_file()
+    on_ray = CliRunner().invoke(cli, ["personalize", "--ray", "--base", str(trained_base), "--users", "x"])
+    assert on_ray.exit_code == 2 and "is a folder" in on_ray.output
+    no_ray = CliRunner().invoke(cli, [*args, "--base", str(trained_base), "--workers", "2", "--out", "o"])
+    assert no_ray.exit_code == 2 and "add --ray" in no_ray.output

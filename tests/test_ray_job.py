@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
-from tune_helpers import REPO, kill_session, tiny_tune_config
+from fixtures.tune import REPO, kill_session, tiny_tune_config
+
+from pstyle.distributed.runtime import free_port
 
 BIN = Path(sys.executable).parent  # the venv's `ray` and `python`
 
@@ -87,8 +88,8 @@ def ray_head() -> Iterator[dict]:
 
 
 def test_ray_job_submit_runs_the_tiny_search(ray_head, small_model_cfg, tmp_path):
-    from pstyle.registry import Registry
     from pstyle.store import open_store
+    from pstyle.store.registry import Registry
 
     store = tmp_path / "store"
     # No --data: the trials synthesize the dataset on their node (the path a fresh cluster takes).

@@ -12,9 +12,9 @@ import torch
 
 from pstyle.data import eval_photos, photos
 from pstyle.data.augment import augment
+from pstyle.evaluation.subjects import labelled_photos, subject_iou
 from pstyle.images import load_image, save_image
-from pstyle.subjects import person_prior, subject_mask
-from pstyle.subjects_eval import labelled_photos, subject_iou
+from pstyle.models.subjects import person_prior, subject_mask
 
 
 def test_training_images_ship_with_packages_and_exclude_the_evaluation_set():

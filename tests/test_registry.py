@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pstyle.checkpoint import save_checkpoint
 from pstyle.config import PStyleConfig
-from pstyle.model import StyleModel
-from pstyle.registry import IntegrityError, Registry, RegistryError
+from pstyle.models.style_model import StyleModel
 from pstyle.store import Store
+from pstyle.store.registry import IntegrityError, Registry, RegistryError
+from pstyle.training.checkpoint import save_checkpoint
 
 FP = "f" * 64
 
@@ -141,7 +141,7 @@ def test_retention_keeps_last_n_and_aliased(store: Store, adapters: list[Path]) 
 KILLED_PUBLISHER = """
 import sys, time
 from pathlib import Path
-from pstyle.registry import Registry
+from pstyle.store.registry import Registry
 from pstyle.store import open_store
 
 store = open_store(sys.argv[1])

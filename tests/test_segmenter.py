@@ -8,9 +8,9 @@ from safetensors.torch import save_file
 
 from pstyle.config import ModelConfig
 from pstyle.data.folders import ContentFolder
-from pstyle.model import StyleModel
 from pstyle.models import Segmenter
-from pstyle.objective import Batch, segmenter_phase
+from pstyle.models.style_model import StyleModel
+from pstyle.training.objective import Batch, segmenter_phase
 
 
 def iou(pred: torch.Tensor, target: torch.Tensor) -> float:

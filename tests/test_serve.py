@@ -23,16 +23,16 @@ from pstyle.adapters import (
     load_adapter_state,
     save_adapter,
 )
-from pstyle.auth import create_user
-from pstyle.bench_adapters import random_state
-from pstyle.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from pstyle.bench.adapters import random_state
 from pstyle.config import ServeConfig, cpu_preset
-from pstyle.events import read_events
-from pstyle.inference import stylize_file
-from pstyle.model import StyleModel
-from pstyle.registry import Registry
+from pstyle.distributed.runtime import free_port
+from pstyle.models.style_model import StyleModel
+from pstyle.serving.api_keys import create_user
+from pstyle.serving.stylize import stylize_file
 from pstyle.store import LocalStore
-from pstyle.store.moto import free_port
+from pstyle.store.events import read_events
+from pstyle.store.registry import Registry
+from pstyle.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from serve.app import build_app
 
 TTL_S = 1.0
@@ -352,7 +352,9 @@ def test_health_endpoints(deployment) -> None:
 
 
 def test_killed_replica_is_replaced(deployment, content_png) -> None:
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "Generator" in a["name"]]
+    names = [
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "StyleReplica" in a["name"]
+    ]
     assert names, "no generator replica found"
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
     deadline = time.monotonic() + 90

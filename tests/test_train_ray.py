@@ -15,24 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fixtures.tiny import tiny_settings
 
-from pstyle.config import PStyleConfig
+from pstyle.config import PStyleConfig, TrainJob
 from tests.conftest import make_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 30, 5
-TINY = {
-    "model.channels": 8,
-    "model.res_blocks": 2,
-    "model.noise_dim": 8,
-    "model.disc_channels": 8,
-    "model.segmenter_channels": 4,
-    "train.image_size": 32,
-    "train.batch_size": 4,
-    "train.style_images": 2,
-    "train.steps": STEPS,
-    "train.checkpoint_every": EVERY,
-}
+TINY = tiny_settings(**{"model.res_blocks": 2, "model.noise_dim": 8, "model.w_dim": 64, "train.steps": STEPS,
+                        "train.checkpoint_every": EVERY, "train.sample_every": 200})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +51,11 @@ def reference(
     ray_local: None, config: PStyleConfig, synth_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ):
     """An uninterrupted 2-worker run: the trajectory the interrupted runs must reproduce."""
-    from pstyle.train_ray import run_base_training
+    from pstyle.distributed.train import run_base_training
 
     tmp = tmp_path_factory.mktemp("reference")
-    outcome = run_base_training(
-        config, synth_dir, store=str(tmp / "store"), name="ref", workers=2, trace_dir=tmp / "trace"
-    )
+    job = TrainJob(data=str(synth_dir), store=str(tmp / "store"), name="ref", trace_dir=str(tmp / "trace"))
+    outcome = run_base_training(config, job)
     return outcome, tmp
 
 
@@ -113,10 +103,10 @@ def assert_resumed(trace: Path, at_least: int) -> int:
 
 
 def test_two_workers_stay_identical_and_publish(reference, tmp_path: Path):
-    from pstyle.checkpoint import load_checkpoint
-    from pstyle.registry import Registry
+    from pstyle.distributed.train import publish_once
     from pstyle.store import open_store
-    from pstyle.train_ray import publish_once
+    from pstyle.store.registry import Registry
+    from pstyle.training.checkpoint import load_checkpoint
 
     outcome, tmp = reference
     rank0, rank1 = finals(tmp / "trace")
@@ -140,19 +130,21 @@ def test_two_workers_stay_identical_and_publish(reference, tmp_path: Path):
 
 
 def test_bad_arguments_fail_before_ray_starts(config, synth_dir: Path, tmp_path: Path):
-    from pstyle.train_ray import run_base_training
+    from pstyle.distributed.train import run_base_training
 
     with pytest.raises(ValueError, match="split evenly"):
-        run_base_training(config, synth_dir, store=str(tmp_path), workers=3)
+        run_base_training(config, TrainJob(data=str(synth_dir), store=str(tmp_path), workers=3))
     with pytest.raises(ValueError, match="invalid run name"):
-        run_base_training(config, synth_dir, store=str(tmp_path), name="../x")
+        TrainJob(data=str(synth_dir), name="../x")
     with pytest.raises(FileNotFoundError):
-        run_base_training(config, tmp_path / "missing", store=str(tmp_path))
+        run_base_training(config, TrainJob(data=str(tmp_path / "missing"), store=str(tmp_path)))
+    with pytest.raises(ValueError, match="--data"):
+        run_base_training(config, TrainJob(store=str(tmp_path)))
 
 
 def test_killed_worker_resumes_from_checkpoint(reference, config, synth_dir: Path, tmp_path: Path):
+    from pstyle.distributed.train import run_base_training
     from pstyle.store import open_store
-    from pstyle.train_ray import run_base_training
 
     store, trace, seen = open_store(tmp_path / "store"), tmp_path / "trace", {}
 
@@ -162,15 +154,9 @@ def test_killed_worker_resumes_from_checkpoint(reference, config, synth_dir: Pat
 
     killer = threading.Thread(target=kill_rank1_after_a_checkpoint, daemon=True)
     killer.start()
-    outcome = run_base_training(
-        config,
-        synth_dir,
-        store=str(tmp_path / "store"),
-        name="killed",
-        workers=2,
-        max_failures=1,
-        trace_dir=trace,
-    )
+    job = TrainJob(data=str(synth_dir), store=str(tmp_path / "store"), name="killed", max_failures=1,
+                   trace_dir=str(trace))  # fmt: skip
+    outcome = run_base_training(config, job)
     killer.join(timeout=5)
     resumed = assert_resumed(trace, at_least=seen["checkpoint"])
     assert (
@@ -189,10 +175,10 @@ def test_resubmitted_job_resumes(reference, config, synth_dir: Path, tmp_path: P
     import ray
     from click.testing import CliRunner
 
-    from pstyle.checkpoint import read_meta
-    from pstyle.cli import cli
-    from pstyle.registry import Registry
+    from pstyle.cli.main import cli
     from pstyle.store import open_store
+    from pstyle.store.registry import Registry
+    from pstyle.training.checkpoint import read_meta
 
     uri = f"s3://{make_bucket(s3_env)}/pstyle"
     store, trace = open_store(uri), tmp_path / "trace"

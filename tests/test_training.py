@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from conftest import BASE_STEPS
 
-from pstyle.baselines import identity
-from pstyle.checkpoint import load_checkpoint
 from pstyle.config import cpu_preset
-from pstyle.evaluate import evaluate, model_method
-from pstyle.train import BaseTrainer
+from pstyle.evaluation.synthetic import evaluate, model_method
+from pstyle.quality.baselines import identity
+from pstyle.training.checkpoint import load_checkpoint
+from pstyle.training.trainer import BaseTrainer
 
 
 def test_short_training_beats_untrained_generator_and_identity(synth_dir, trained_base):

@@ -12,11 +12,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tune_helpers import REPO, kill_session, tiny_tune_config
+from fixtures.tune import REPO, kill_session, tiny_tune_config
 
-from pstyle.checkpoint import load_checkpoint, read_meta
-from pstyle.tune_config import Param, TuneConfig
-from pstyle.tuning_results import choose, dominates, eligible, pareto_front, score
+from pstyle.config import Param, TuneConfig
+from pstyle.distributed.tune_results import choose, dominates, eligible, pareto_front, score
+from pstyle.training.checkpoint import load_checkpoint, read_meta
 
 # ---------------------------------------------------------------------------- pure logic, no Ray
 
@@ -90,7 +90,7 @@ def test_pareto_front_and_the_chosen_point():
 
 
 def test_max_concurrent_trials_follows_cluster_resources():
-    from pstyle.tuning import max_concurrent
+    from pstyle.distributed.tune import max_concurrent
 
     cfg = TuneConfig()
     assert max_concurrent(cfg, {"CPU": 2.0}) == 2
@@ -104,8 +104,9 @@ def test_max_concurrent_trials_follows_cluster_resources():
 
 def test_tuning_modules_do_not_import_ray():
     code = (
-        "import sys, pstyle.tuning, pstyle.tune_config, pstyle.tuning_results, pstyle.bench_tune, "
-        "pstyle.cli_tune; print([m for m in sys.modules if m.split('.')[0] == 'ray'])"
+        "import sys, pstyle.distributed.tune, pstyle.distributed.tune_results, pstyle.bench.tune, "
+        "pstyle.cli.tune; "
+        "print([m for m in sys.modules if m.split('.')[0] == 'ray'])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -128,14 +129,14 @@ def ray_local():
 
 
 def _candidate(store, name="base"):
-    from pstyle.registry import Registry
+    from pstyle.store.registry import Registry
 
     return Registry(store).resolve("base", name, "candidate")
 
 
 def _check_candidate(store, summary, tmp_path):
     """The chosen trial's checkpoint is the registered candidate, and it loads."""
-    from pstyle.registry import Registry
+    from pstyle.store.registry import Registry
 
     version = _candidate(store)
     assert version.number == summary["version"]
@@ -151,8 +152,8 @@ def _check_candidate(store, summary, tmp_path):
 def test_tiny_optuna_asha_search_writes_outputs_and_registers_a_candidate(
     ray_local, small_model_cfg, synth_dir, tmp_path
 ):
+    from pstyle.distributed.tune import run_search
     from pstyle.store import open_store
-    from pstyle.tuning import run_search
 
     cfg = tiny_tune_config(small_model_cfg, tmp_path / "store", synth_dir, "tiny")
     summary = run_search(cfg, log=lambda _: None)
@@ -198,8 +199,8 @@ def test_tiny_optuna_asha_search_writes_outputs_and_registers_a_candidate(
 def test_tiny_random_search_against_s3(ray_local, small_model_cfg, synth_dir, s3_env, tmp_path):
     import boto3
 
+    from pstyle.distributed.tune import run_search
     from pstyle.store import open_store
-    from pstyle.tuning import run_search
 
     bucket = f"tune-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
@@ -233,7 +234,7 @@ def test_tiny_random_search_against_s3(ray_local, small_model_cfg, synth_dir, s3
 
 
 def test_a_failing_trial_is_retried_from_its_checkpoint(ray_local, small_model_cfg, synth_dir, tmp_path):
-    from pstyle.tuning import run_search
+    from pstyle.distributed.tune import run_search
 
     cfg = tiny_tune_config(
         small_model_cfg,
@@ -273,8 +274,8 @@ def test_a_killed_experiment_resumes_without_rerunning_finished_trials(
     import ray
     from ray.tune import ExperimentAnalysis
 
+    from pstyle.distributed.tune import run_search
     from pstyle.store import open_store
-    from pstyle.tuning import run_search
 
     cfg = tiny_tune_config(
         small_model_cfg, tmp_path / "store", synth_dir, "killed", num_samples=3, search="random",
@@ -326,7 +327,7 @@ def test_a_killed_experiment_resumes_without_rerunning_finished_trials(
 
 
 def test_bench_counts_iterations_to_target_and_replays_asha():
-    from pstyle.bench_tune import bench_config, iterations_to_target, learning_curves, replay, replay_orders
+    from pstyle.bench.tune import bench_config, iterations_to_target, learning_curves, replay, replay_orders
 
     events = [  # two trials interleaved in time; "b" is the good one
         {"wall_time": t, "trial_id": tid, "iteration": it, "score": sc}
@@ -355,7 +356,7 @@ def test_bench_counts_iterations_to_target_and_replays_asha():
 
 
 def test_bench_runs_both_policies_on_the_same_trials(ray_local, small_model_cfg, synth_dir, tmp_path):
-    from pstyle.bench_tune import run_bench_tune, tune_table
+    from pstyle.bench.tune import run_bench_tune, tune_table
 
     cfg = tiny_tune_config(
         small_model_cfg, tmp_path / "store", synth_dir, "bench", search="random", steps_per_iteration=1

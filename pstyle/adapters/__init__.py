@@ -1,7 +1,6 @@
 """Per-user low-rank adapters over the one frozen base generator, and their batched serving."""
 
 from pstyle.adapters.bank import AdapterBank, choose_path
-from pstyle.adapters.config import DEFAULT_TARGETS, AdapterConfig, AdapterError
 from pstyle.adapters.inject import (
     adapter_config,
     adapter_parameters,
@@ -18,7 +17,8 @@ from pstyle.adapters.inject import (
     unmerge_adapter,
 )
 from pstyle.adapters.io import AdapterFile, adapter_nbytes, load_adapter, read_adapter, save_adapter
-from pstyle.adapters.lora import LoRAConv2d, LoRALayer, LoRALinear
+from pstyle.adapters.lora import AdapterError, LoRAConv2d, LoRALayer, LoRALinear
+from pstyle.config import DEFAULT_TARGETS, AdapterConfig
 
 __all__ = [
     "DEFAULT_TARGETS",

@@ -30,19 +30,18 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from pstyle.adapters.config import AdapterConfig, AdapterError
 from pstyle.adapters.inject import style_dim, wrap_modules
-from pstyle.adapters.lora import Merged, PerSample
+from pstyle.adapters.lora import AdapterError, Merged, PerSample
+from pstyle.config import AdapterConfig
 
 PathName = Literal["mixed", "grouped"]
 
 # Largest share of distinct adapters in a batch (the base counts as one) for which the grouped path is
 # chosen, per device type; override per bank. Grouped pays one pass per adapter; mixed pays per-sample
-# low-rank convs in one pass. Measured with `pstyle bench adapters` (docs/benchmarks.md), default
-# model, 128 px, batch 64, 2 CPU threads: grouped ran 1.23x / 1.13x the merged base's throughput at
-# k = 8 / 64 distinct adapters, mixed 0.64x / 0.76x (on CPU a batch-1 pass is as efficient per
-# image as a large batch), so the CPU rule is "always grouped". On a GPU small passes leave the
-# device idle (launch-bound), so only a single-adapter batch is grouped until a GPU run measures it.
+# low-rank convs in one pass. On CPU a batch-1 pass is as efficient per image as a large batch, and
+# `pstyle bench adapters` finds grouped faster than mixed at every k it tries (docs/benchmarks.md),
+# so the CPU rule is "always grouped". On a GPU small passes leave the device idle (launch-bound), so
+# only a single-adapter batch is grouped until a GPU run measures it.
 DEFAULT_GROUPED_MAX_FRACTION: dict[str, float] = {"cpu": 1.0, "cuda": 0.0}
 
 

@@ -16,8 +16,8 @@ from fnmatch import fnmatch
 import torch
 from torch import Tensor, nn
 
-from pstyle.adapters.config import AdapterConfig, AdapterError
-from pstyle.adapters.lora import WRAPPERS, LoRALayer
+from pstyle.adapters.lora import WRAPPERS, AdapterError, LoRALayer
+from pstyle.config import AdapterConfig
 
 REGISTRY = "adapter_registry"  # attribute name of the AdapterRegistry on the generator
 

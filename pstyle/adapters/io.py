@@ -18,7 +18,6 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from pstyle.adapters.config import AdapterConfig, AdapterError
 from pstyle.adapters.inject import (
     adapter_config,
     adapter_state_dict,
@@ -26,7 +25,9 @@ from pstyle.adapters.inject import (
     load_adapter_state,
     remove_adapter,
 )
-from pstyle.checkpoint import atomic_write
+from pstyle.adapters.lora import AdapterError
+from pstyle.config import AdapterConfig
+from pstyle.store.atomic import atomic_write
 
 TENSORS_FILE = "adapter.safetensors"
 META_FILE = "adapter.json"

@@ -23,6 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class AdapterError(ValueError):
+    """An adapter does not fit this base model, or its files are missing, corrupt or inconsistent."""
+
+
 class PerSample(NamedTuple):
     """One adapter per sample: weights gathered per sample, `up` already multiplied by its scale."""
 
@@ -171,8 +175,8 @@ class LoRAConv2d(LoRALayer):
     """
 
     def __init__(self, base_layer: nn.Conv2d) -> None:
-        assert base_layer.groups == 1, "LoRAConv2d supports groups=1 only"
-        assert base_layer.padding_mode == "zeros", "LoRAConv2d supports zero padding only"
+        if base_layer.groups != 1 or base_layer.padding_mode != "zeros":
+            raise AdapterError(f"LoRAConv2d supports groups=1 and zero padding only, got {base_layer}")
         super().__init__(base_layer)
 
     def make_pair(self, rank: int) -> tuple[nn.Module, nn.Module]:

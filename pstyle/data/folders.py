@@ -9,13 +9,12 @@ are small, so decoded tensors are simply kept in memory.
 from __future__ import annotations
 
 import warnings
-import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pstyle.data.splits import holdout_split
 from pstyle.images import ImageError, list_images, load_image, load_mask
 
 
@@ -100,17 +99,8 @@ class StyleUsers:
         return self._images[user_id].clone()
 
     def split(self, user_id: str, holdout: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deterministic (train, held-out) split of a user's images; at least one stays for training.
-
-        The permutation is keyed by (seed, user id), so it does not depend on which other users exist.
-        """
-        if holdout < 0:
-            raise ValueError(f"holdout must be >= 0, got {holdout}")
-        imgs = self.images(user_id)
-        n_hold = min(holdout, len(imgs) - 1)
-        perm = np.random.default_rng([seed, zlib.crc32(user_id.encode())]).permutation(len(imgs))
-        held, train = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
-        return imgs[torch.from_numpy(train)], imgs[torch.from_numpy(held)]
+        """(train, held-out) images of one user: `pstyle.data.splits.holdout_split`."""
+        return holdout_split(self.images(user_id), user_id, holdout, seed)
 
 
 def load_style_images(paths: list[Path], size: int) -> torch.Tensor:

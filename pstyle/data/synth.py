@@ -13,9 +13,6 @@ from __future__ import annotations
 import colorsys
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pstyle.images import MIN_SIDE
+from pstyle.store.atomic import atomic_directory
 
 SYNTH_VERSION = 1  # bump whenever rendering changes, so stale datasets on disk are detected
 
@@ -496,36 +494,35 @@ def synthesize(
             "delete it or choose another folder"
         )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        for sub in ("content/images", "content/masks", "styles"):
-            (tmp / sub).mkdir(parents=True)
-        total = n_content + n_users * images_per_user
-        with tqdm(total=total, desc="synthesize", unit="img", disable=None) as bar:
-            for i in range(n_content):
-                img, mask = make_scene(np.random.default_rng([seed, 0, i]), size)
-                _save_png(img, tmp / "content/images" / f"{i:05d}.png")
-                _save_png(mask, tmp / "content/masks" / f"{i:05d}.png")
-                bar.update()
-            for u, (user_id, user) in enumerate(manifest["users"].items()):
-                (tmp / "styles" / user_id).mkdir()
-                family = FAMILIES[user["family"]]
-                for k in range(images_per_user):
-                    img = family.render(user["params"], np.random.default_rng([seed, 2, u, k]), size)
-                    _save_png(img, tmp / "styles" / user_id / f"{k:03d}.png")
-                    bar.update()
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        tmp.chmod(0o755)  # mkdtemp made it private; the dataset is shared with workers and servers
-        try:
-            os.replace(tmp, out)  # atomic; replaces only a missing or empty `out`
-        except OSError:
-            if _read_manifest(out) != manifest:  # a concurrent writer finishing the same data is fine
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        with atomic_directory(out) as tmp:
+            _write_dataset(tmp, manifest, n_content, n_users, images_per_user, size, seed)
+    except OSError:
+        if _read_manifest(out) != manifest:  # a concurrent writer finishing the same data is fine
+            raise
     return out
+
+
+def _write_dataset(
+    tmp: Path, manifest: dict, n_content: int, n_users: int, images_per_user: int, size: int, seed: int
+) -> None:
+    for sub in ("content/images", "content/masks", "styles"):
+        (tmp / sub).mkdir(parents=True)
+    total = n_content + n_users * images_per_user
+    with tqdm(total=total, desc="synthesize", unit="img", disable=None) as bar:
+        for i in range(n_content):
+            img, mask = make_scene(np.random.default_rng([seed, 0, i]), size)
+            _save_png(img, tmp / "content/images" / f"{i:05d}.png")
+            _save_png(mask, tmp / "content/masks" / f"{i:05d}.png")
+            bar.update()
+        for u, (user_id, user) in enumerate(manifest["users"].items()):
+            (tmp / "styles" / user_id).mkdir()
+            family = FAMILIES[user["family"]]
+            for k in range(images_per_user):
+                img = family.render(user["params"], np.random.default_rng([seed, 2, u, k]), size)
+                _save_png(img, tmp / "styles" / user_id / f"{k:03d}.png")
+                bar.update()
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
 def scene_tensors(n: int, size: int, seed: int = 0) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from pstyle.config import FeatureConfig
 from pstyle.models import backbone
 from pstyle.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Trunk
-from pstyle.uris import read_bytes
+from pstyle.store.uris import read_bytes
 
 VGG19_LAYERS = (1, 6, 11, 20)  # relu1_1, relu2_1, relu3_1, relu4_1 in torchvision's vgg19().features
 

@@ -9,7 +9,7 @@ from safetensors.torch import load as load_safetensors
 from torch import Tensor, nn
 
 from pstyle.config import ModelConfig
-from pstyle.uris import read_bytes
+from pstyle.store.uris import read_bytes
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:

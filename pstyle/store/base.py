@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from pathlib import Path
 
 KEY_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,127}")
 
@@ -77,18 +76,6 @@ class Store(ABC):
     def arrow_storage(self, prefix: str) -> tuple[str, object | None]:
         """`(storage_path, storage_filesystem)` for Ray Tune/Train's RunConfig, rooted at `prefix`:
         Ray's checkpoints then live in this same store (pyarrow's S3 filesystem for S3)."""
-
-    def put_file(self, key: str, path: Path, if_absent: bool = False) -> None:
-        self.put_bytes(key, Path(path).read_bytes(), if_absent=if_absent)
-
-    def get_file(self, key: str, path: Path) -> Path:
-        from pstyle.checkpoint import atomic_write
-
-        data = self.get_bytes(key)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-        return path
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"

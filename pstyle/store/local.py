@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from pstyle.store.atomic import write_bytes_atomic
 from pstyle.store.base import KeyExists, KeyNotFound, Store, check_key, check_prefix
 
 
@@ -24,23 +24,10 @@ class LocalStore(Store):
         return self.root / check_key(key)
 
     def put_bytes(self, key: str, data: bytes, if_absent: bool = False) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if if_absent:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise KeyExists(key) from None
-            else:
-                os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            write_bytes_atomic(self._path(key), data, exclusive=if_absent)
+        except FileExistsError:
+            raise KeyExists(key) from None
 
     def get_bytes(self, key: str) -> bytes:
         try:

@@ -1,0 +1,1 @@
+"""Benchmarks: speed, memory and quality figures as JSON plus a table; nothing else imports them."""

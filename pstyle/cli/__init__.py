@@ -1,0 +1,1 @@
+"""The `pstyle` command: one click group per module, shared option definitions in `options`."""

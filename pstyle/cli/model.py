@@ -1,0 +1,240 @@
+"""`pstyle stylize`, `train-base`, `eval`, `eval-subjects`, `bundle` and `config`: the base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+import yaml
+
+from pstyle.cli.options import (
+    EXISTING_DIR,
+    MODEL_OPTION,
+    job_from_options,
+    job_options,
+    load_config,
+    renamed_option,
+    resolve_device,
+    with_config,
+)
+from pstyle.config import TrainJob
+
+
+@click.command("eval-subjects")
+@click.option("--split", type=click.Choice(["eval", "dev"]), default="eval", show_default=True)
+@MODEL_OPTION
+def eval_subjects_cmd(split: str, model_dir: Path | None) -> None:
+    """IoU of --mask subject against hand-labelled photos: CAM + face prior + GrabCut vs the U-Net."""
+    from pstyle.evaluation.subjects import subject_iou
+    from pstyle.models.subjects import subject_mask
+    from pstyle.training.bundled import resolve_model_dir
+    from pstyle.training.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(resolve_model_dir(model_dir))
+    model.eval()
+
+    def unet(photo: torch.Tensor) -> torch.Tensor:
+        h, w = photo.shape[-2:]
+        small = torch.nn.functional.interpolate(photo, scale_factor=256 / min(h, w), mode="area")
+        small = small[..., : small.shape[-2] // 4 * 4, : small.shape[-1] // 4 * 4]
+        return torch.nn.functional.interpolate(model.subject_mask(small), size=(h, w), mode="nearest")
+
+    results = {"prior+grabcut": subject_iou(subject_mask, split), "unet": subject_iou(unet, split)}
+    names = list(results["unet"])
+    click.echo(f"{'photo':<14}" + "".join(f"{m:>14}" for m in results))
+    for name in names:
+        click.echo(f"{name:<14}" + "".join(f"{results[m][name]:>14.3f}" for m in results))
+
+
+@click.command("bundle")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def bundle_cmd(checkpoint: Path) -> None:
+    """Install CHECKPOINT as the bundled base model and pin its sha256 (maintainers)."""
+    from pstyle.training.bundled import bundle
+
+    click.echo(f"bundled into {bundle(checkpoint)}")
+
+
+@click.group("config")
+def config_group() -> None:
+    """Configuration."""
+
+
+@config_group.command("show")
+@with_config
+def config_show(config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Print the effective configuration as YAML (defaults + file + overrides)."""
+    click.echo(yaml.safe_dump(load_config(config_path, overrides).to_dict(), sort_keys=False), nl=False)
+
+
+@click.command("train-base")
+@click.option("--data", "data_dir", required=True, type=EXISTING_DIR)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="checkpoint folder (required without --ray; with --ray the final checkpoint is copied there)",
+)
+@click.option("--device", default="auto", show_default=True, help="without --ray: cpu, cuda or auto")
+@with_config
+@click.option(
+    "--ray", "use_ray", is_flag=True, help="data-parallel training on Ray Train; these flags with it:"
+)
+@job_options(TrainJob, skip=("data", "out"))
+def train_base_cmd(
+    data_dir: Path,
+    out_dir: Path | None,
+    device: str,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    use_ray: bool,
+    **job_flags: Any,
+) -> None:
+    """Train the base model (resumes from OUT's last checkpoint; with --ray, from run NAME's)."""
+    config = load_config(config_path, overrides)
+    given = sorted(name for name, value in job_flags.items() if value is not None)
+    if use_ray:
+        from pstyle.distributed.train import run_base_training
+
+        job = job_from_options(
+            TrainJob, {**job_flags, "data": str(data_dir), "out": out_dir and str(out_dir)}
+        )
+        outcome = run_base_training(config, job, log=click.echo)
+        click.echo(f"run {outcome.run_path}, checkpoint {outcome.checkpoint_path}")
+        return
+    if given:
+        raise click.UsageError(f"--{given[0].replace('_', '-')} is a Ray Train setting: add --ray")
+    if out_dir is None:
+        raise click.UsageError("--out is required without --ray")
+    from pstyle.training.trainer import train_base
+
+    train_base(config, data_dir, out_dir, str(resolve_device(device)))
+    click.echo(f"checkpoint in {out_dir}")
+
+
+@click.command()
+@click.argument("content", type=click.Path(path_type=Path))
+@MODEL_OPTION
+@click.option("--style", "style_paths", multiple=True, type=click.Path(path_type=Path))
+@click.option(
+    "--adapter",
+    "adapter_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="a user's adapter directory: its LoRA weights and learned style code replace --style",
+)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--mask", default=None, help="'subject', 'background', or a mask image (white = stylize)")
+@click.option("--size", default=None, type=int, help="resize the content's shorter side (multiple of 16)")
+@click.option(
+    "--segmenter",
+    "segmenter_weights",
+    default=None,
+    help="U-Net segmenter weights for --mask subject|background (safetensors path or s3:// URI)",
+)
+@click.option("--device", default="auto", show_default=True)
+def stylize(
+    content: Path,
+    model_dir: Path | None,
+    style_paths: tuple[Path, ...],
+    output: Path,
+    strength: float,
+    seed: int,
+    mask: str | None,
+    size: int | None,
+    segmenter_weights: str | None,
+    device: str,
+    adapter_dir: Path | None,
+) -> None:
+    """Render CONTENT in the style of the --style images, or with a user's --adapter."""
+    from pstyle.serving.stylize import stylize_file
+
+    if bool(style_paths) == bool(adapter_dir):
+        raise ValueError("give either --style images or an --adapter directory")
+    stylize_file(
+        content,
+        model_dir,
+        list(style_paths),
+        output,
+        adapter_dir=adapter_dir,
+        strength=strength,
+        seed=seed,
+        mask=mask,
+        size=size,
+        device=resolve_device(device),
+        segmenter_weights=segmenter_weights,
+    )
+    click.echo(f"wrote {output}")
+
+
+@click.command("eval")
+@MODEL_OPTION
+@click.option(
+    "--data",
+    "data_dir",
+    default=None,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="a `pstyle data synth` folder: held-out style images per user",
+)
+@click.option("--content", "content_dir", default=None, type=EXISTING_DIR,
+              help="real-photo mode: a folder of content photos (with --styles)")  # fmt: skip
+@click.option("--styles", "styles_dir", default=None, type=EXISTING_DIR,
+              help="real-photo mode: a folder of style images, each its own style")  # fmt: skip
+@click.option("--adapter", "adapter_dir", default=None, type=click.Path(exists=True, path_type=Path),
+              help="real-photo mode: also score this user's adapter (their styles as --styles)")  # fmt: skip
+@click.option("--size", default=256, show_default=True, help="real-photo mode: shorter side in px")
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--n-users", "n_users", default=8, show_default=True, help="synthetic mode: users scored")
+@renamed_option("--users", "--n-users", "n_users", type=int)
+@click.option("--n-content", "n_content", default=8, show_default=True)
+def eval_cmd(
+    model_dir: Path | None,
+    data_dir: Path | None,
+    content_dir: Path | None,
+    styles_dir: Path | None,
+    adapter_dir: Path | None,
+    size: int,
+    out_path: Path | None,
+    n_users: int,
+    n_content: int,
+) -> None:
+    """Score the model against the identity and Reinhard baselines (table, JSON and, on photos, a grid)."""
+    from pstyle.training.bundled import resolve_model_dir
+    from pstyle.training.checkpoint import load_checkpoint
+
+    model_dir = resolve_model_dir(model_dir)
+    model, meta = load_checkpoint(model_dir)
+    model.eval()
+    if (content_dir is None) != (styles_dir is None) or (content_dir is None) == (data_dir is None):
+        raise click.UsageError("give either --data DIR or both --content DIR and --styles DIR")
+    if data_dir is not None:
+        from pstyle.evaluation.synthetic import evaluate_model, format_table, write_report
+
+        report = evaluate_model(model, data_dir, meta["config"]["train"]["image_size"], n_users, n_content)
+        click.echo(format_table(report))
+        write_report(report, out_path or Path(model_dir) / "eval.json")
+        return
+    from pstyle.evaluation.photos import (
+        evaluate_photos,
+        format_photo_table,
+        load_photos,
+        photo_methods,
+        write_photo_grid,
+        write_photo_report,
+    )
+
+    methods = photo_methods(model, adapter_dir)
+    contents, styles = load_photos(content_dir, size), load_photos(styles_dir, size)
+    report = evaluate_photos(methods, contents, styles)
+    click.echo(format_photo_table(report))
+    out_path = out_path or Path("runs/eval/photos.json")
+    write_photo_report(report, out_path)
+    shown = {
+        name: method for name, method in methods.items() if name != "identity"
+    }  # the content is column 1
+    grid = write_photo_grid(shown, contents, styles, out_path.with_suffix(".png"))
+    click.echo(f"wrote {out_path} and {grid}")

@@ -1,0 +1,1 @@
+"""Image quality: the shared feature statistics (the one SWD), metrics and learning-free baselines."""

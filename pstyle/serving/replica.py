@@ -1,0 +1,176 @@
+"""The PyTorch core of a serving replica: one base generator, many users' adapters, mixed batches.
+
+Ray Serve (serve/app.py) only moves requests around; everything a replica computes is here, so it
+is tested without Ray and the offline CLI gives the same pixels. A request names its user and an
+adapter reference (an alias such as `production`, or a version from an A/B variant); the replica
+resolves it through the registry with a TTL cache (new versions and rollbacks land within
+`alias_ttl_s`), loads the adapter into its AdapterBank on first use (an LRU over device slots, then
+host memory), and runs the batch through the bank in one forward whatever users it mixes.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pstyle.adapters import AdapterBank, AdapterConfig, AdapterError
+from pstyle.adapters.io import META_FILE, TENSORS_FILE, parse_adapter
+from pstyle.config import ServeConfig
+from pstyle.ids import validate_id
+from pstyle.images import open_image, resize_shorter_side, to_tensor
+from pstyle.models.generator import DOWNSAMPLING
+from pstyle.serving.regions import region_masks
+from pstyle.serving.stylize import fit_to_stride
+from pstyle.store import open_store
+from pstyle.store.registry import PRODUCTION_ALIAS, Registry, RegistryError
+from pstyle.training.checkpoint import fingerprint, load_checkpoint
+
+
+class NoAdapter(LookupError):
+    """The user has no adapter under that reference (the API answers 404, see serve/README.md)."""
+
+
+@dataclass
+class StylizeRequest:
+    """One image to render; `image` (3, H, W) in [0, 1] with H, W multiples of the generator stride."""
+
+    user_id: str
+    image: Tensor
+    ref: str = PRODUCTION_ALIAS
+    strength: float = 1.0
+    seed: int = 0
+    region: str = "all"
+    mask: Tensor | None = None  # (1, H, W) when region == "mask"
+
+
+@dataclass
+class StylizeResult:
+    image: Tensor | None  # (3, H, W) in [0, 1]; None when `error` says why
+    version: int | None = None
+    error: str | None = None
+
+
+def prepare_image(data: bytes, name: str, size: int, config: ServeConfig) -> Tensor:
+    """Decode an upload (ImageError on anything unusable), resize its shorter side, fit the stride."""
+    if size < 32 or size > config.max_size or size % DOWNSAMPLING:
+        raise ValueError(f"size must be a multiple of {DOWNSAMPLING} in [32, {config.max_size}], got {size}")
+    image = open_image(data, name, max_pixels=config.max_pixels, single_frame=True)
+    return fit_to_stride(to_tensor(resize_shorter_side(image, size)))
+
+
+class AdapterServer:
+    """Base model + adapter bank + alias cache for one replica. Thread-safe: one forward at a time."""
+
+    def __init__(self, config: ServeConfig, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.registry = Registry(open_store(config.store))
+        self._cache_dir = tempfile.TemporaryDirectory(prefix="pstyle-serve-")
+        base = self.registry.resolve("base", config.base, config.base_ref)
+        model, _ = load_checkpoint(
+            self.registry.fetch(base, Path(self._cache_dir.name) / "base"), self.device
+        )
+        self.model = model.eval()
+        self.base_version = base.number
+        self.fingerprint = fingerprint(model)
+        self.bank = AdapterBank(
+            copy.deepcopy(model.generator),
+            capacity_bytes=config.device_cache_bytes,
+            device=self.device,
+            config=AdapterConfig(),
+            host_capacity_bytes=config.host_cache_bytes,
+            grouped_max_fraction=config.grouped_max_fraction,
+        )
+        self._aliases: dict[tuple[str, str], tuple[int, float]] = {}  # (user, ref) -> (version, expiry)
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+        self.cold_load_s: list[float] = []
+
+    def reconfigure(self, config: ServeConfig) -> None:
+        """Settings that need no reload (TTL, limits, path rule) apply at once; the alias cache starts
+        afresh."""
+        self.config = config
+        self.bank.set_path_rule(config.grouped_max_fraction)
+        self._aliases.clear()
+
+    def resolve(self, user_id: str, ref: str) -> int:
+        """The adapter version `ref` names for the user, cached for `alias_ttl_s`."""
+        now = time.monotonic()
+        cached = self._aliases.get((user_id, ref))
+        if cached and cached[1] > now:
+            return cached[0]
+        try:
+            version = self.registry.resolve("adapter", validate_id(user_id), ref).number
+        except RegistryError as exc:
+            raise NoAdapter(f"user {user_id!r} has no adapter {ref!r}") from exc
+        self._aliases[(user_id, ref)] = (version, now + self.config.alias_ttl_s)
+        return version
+
+    def ensure(self, user_id: str, version: int) -> str:
+        """The bank key of this user's adapter version, loading it from the registry on a miss."""
+        key = f"{user_id}@{version}"
+        if key in self.bank or self.bank.restore(key):
+            self.hits += 1
+            return key
+        self.misses += 1
+        t0 = time.perf_counter()
+        manifest = self.registry.get("adapter", user_id, version)
+        meta, tensors = (self.registry.read(manifest, name) for name in (META_FILE, TENSORS_FILE))
+        try:
+            adapter = parse_adapter(meta, tensors, self.fingerprint, str(manifest))
+        except AdapterError as exc:
+            raise NoAdapter(str(exc)) from exc
+        self.bank.add(key, adapter.state, adapter.config)
+        self.cold_load_s.append(time.perf_counter() - t0)
+        return key
+
+    @torch.no_grad()
+    def run(self, requests: list[StylizeRequest]) -> list[StylizeResult]:
+        """Render a batch of any users; a request that cannot be served gets its error, not the batch's."""
+        results: list[StylizeResult | None] = [None] * len(requests)
+        keyed: list[tuple[int, str, int]] = []
+        with self._lock:
+            for i, req in enumerate(requests):
+                try:
+                    version = self.resolve(req.user_id, req.ref)
+                    keyed.append((i, self.ensure(req.user_id, version), version))
+                except (NoAdapter, RegistryError, ValueError) as exc:
+                    results[i] = StylizeResult(None, error=str(exc))
+            groups: dict[tuple, list[tuple[int, str, int]]] = {}
+            for item in keyed:  # one forward per image shape and masking mode, users mixed freely
+                req = requests[item[0]]
+                groups.setdefault((tuple(req.image.shape), req.region != "all"), []).append(item)
+            for items in groups.values():
+                batch = [requests[i] for i, _, _ in items]
+                images = self._forward(batch, [key for _, key, _ in items])
+                for (i, _, version), image in zip(items, images, strict=True):
+                    results[i] = StylizeResult(image, version)
+        return [r for r in results if r is not None]
+
+    def _forward(self, requests: list[StylizeRequest], keys: list[str]) -> Tensor:
+        content = torch.stack([r.image for r in requests]).to(self.device)
+        codes = torch.stack([self.bank.style_code(k) for k in keys])
+        noise = torch.cat([self.model.generator.make_noise(content[:1], seed=r.seed) for r in requests])
+        strength = torch.tensor([r.strength for r in requests], device=self.device).view(-1, 1, 1, 1)
+        mask = region_masks([r.region for r in requests], content, [r.mask for r in requests])
+        out = self.bank.forward_auto(content, codes, noise, keys, strength=strength, mask=mask)
+        return out.clamp(0, 1).cpu()
+
+    def stats(self) -> dict[str, float]:
+        total = self.hits + self.misses
+        cold = sorted(self.cold_load_s)
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hits / total if total else 0.0,
+            "cold_load_ms_p50": 1e3 * cold[len(cold) // 2] if cold else 0.0,
+            "resident_adapters": len(self.bank.resident),
+            "spilled_adapters": len(self.bank.spilled),
+        }
