@@ -316,7 +316,8 @@ def flag(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-STORE_HELP = "artifact store: a folder or s3://bucket/prefix [$PSTYLE_STORE, else ~/.pstyle]"
+STORE_WHAT = "artifact store: a folder or s3://bucket/prefix"
+STORE_HELP = f"{STORE_WHAT} [$PSTYLE_STORE, else ~/.pstyle]"
 RAY_ADDRESS_HELP = "'local' (a private Ray here) or a cluster address [RAY_ADDRESS, a running one, else new]"
 
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 import torch
 
-from pstyle.config import STORE_HELP, ConfigFile, PStyleConfig, flag_fields, parse_overrides
+from pstyle.config import STORE_HELP, STORE_WHAT, ConfigFile, PStyleConfig, flag_fields, parse_overrides
 from pstyle.store import StoreError
 
 C = TypeVar("C", bound=ConfigFile)
@@ -68,7 +68,7 @@ EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 def store_option(default: str | None = None) -> Callable[[Callable], Callable]:
     """`--store` (parameter `store_uri`) for every command; `default` says what None means when a
     command has its own default (the demo's store lives in its output folder)."""
-    help_text = STORE_HELP if default is None else STORE_HELP.split(" [")[0] + f" [{default}]"
+    help_text = STORE_HELP if default is None else f"{STORE_WHAT} [{default}]"
     return click.option("--store", "store_uri", default=None, help=help_text)
 
 

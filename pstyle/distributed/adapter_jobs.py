@@ -67,7 +67,6 @@ MANIFEST_FORMAT = "pstyle-users/1"
 MANIFEST_PREFIX = "manifests"
 JOBS_PREFIX = "jobs/adapters"  # <job>/users/<user>.json records, <job>/summary.json
 STORAGE_PREFIX = "ray/adapters"  # Ray Train's run storage
-DEFAULT_CONTENT = AdapterJobConfig.n_content  # procedural content scenes each adapter trains on
 
 Log = Callable[[str], None]
 
@@ -249,7 +248,7 @@ class AdapterJob:
     personalize: dict[str, Any] = field(default_factory=lambda: PersonalizeConfig().to_dict())
     group_size: int = 2  # users per batched forward (`pstyle bench adapters-train` compares sizes)
     forward: ForwardMode = "grouped"
-    n_content: int = DEFAULT_CONTENT
+    n_content: int = AdapterJobConfig.n_content  # procedural content scenes each adapter trains on
 
     def __post_init__(self) -> None:
         validate_id(self.name, "job name")
