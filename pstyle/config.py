@@ -205,6 +205,9 @@ def _is_optional_str(hint: Any) -> bool:
     return isinstance(hint, types.UnionType) and set(hint.__args__) == {str, type(None)}
 
 
+PERSONALIZE_POLICIES = ("promote", "experiment", "manual")  # see pstyle.serving.personalize_jobs
+
+
 @dataclass
 class ServeConfig(ConfigFile):
     """What a serving replica needs; `serve/config.yaml` passes it as `user_config`, so every field
@@ -223,15 +226,33 @@ class ServeConfig(ConfigFile):
     max_size: int = 512
     max_upload_bytes: int = 10 * 2**20
     max_pixels: int = 25_000_000  # decoded-pixel cap (decompression bombs), checked before decoding
+    large_upload_bytes: int = 2**20  # uploads above this decode at most `large_decodes` at a time per
+    large_decodes: int = 1  # ingress replica, so large files cannot take every core from small requests
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.01
     event_flush_s: float = 2.0
+    style_size: int = 256  # side at which style images are encoded for zero-shot renders
+    code_cache_entries: int = 10_000  # zero-shot style codes kept per replica: (user, set digest) -> code
+    keep_outputs: bool = True  # store returned images, so a rating can later train on the image rated
+    num_gpus: float = 0.0  # per generator replica (fractional shares a GPU); read at deploy time
+    # Personalization on request (POST /v1/me/personalize): one adapter job per user, on Ray.
+    personalize: PersonalizeConfig = field(default_factory=lambda: PersonalizeConfig())  # the recipe
+    personalize_content: int = 32  # procedural content scenes each job trains on
+    personalize_cpus: float = 1.0  # CPUs of the job's Ray Train worker
+    personalize_gpus: float | None = None  # its GPUs; None: one when the cluster has any (AdapterJobConfig)
+    max_personalize_jobs: int = 8  # live jobs (queued + running); beyond it POST answers 429
+    max_running_personalize_jobs: int = 1
+    after_personalize: str = "promote"  # promote | experiment | manual (pstyle.serving.personalize_jobs)
+    promote_margin: float = 0.05  # relative held-out style-distance gain that `promote` requires
     # Adapter-path rule per device type ("cpu", "cuda"): the largest share of distinct adapters in a
     # batch served by the grouped path. {} keeps the built-in rule; set it to the
     # `measured_threshold.grouped_max_fraction` that `pstyle bench adapters` prints on your hardware.
     grouped_max_fraction: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.after_personalize not in PERSONALIZE_POLICIES:
+            policies = ", ".join(PERSONALIZE_POLICIES)
+            raise ValueError(f"after_personalize must be one of {policies}, got {self.after_personalize!r}")
         for device_type, fraction in self.grouped_max_fraction.items():
             if not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
                 raise ValueError(f"grouped_max_fraction[{device_type!r}] must be in [0, 1], got {fraction}")
@@ -544,6 +565,9 @@ class AdapterJobConfig(ConfigFile):
     name: str | None = flag(None, "job name [adapters-<time>]; the same name again skips users done")
     workers: int = flag(1, "Ray Train workers")
     cpus_per_worker: float = flag(1.0, "CPUs (threads) per worker")
+    gpus_per_worker: float | None = flag(
+        None, "GPUs per worker (fractions share a GPU; 0: CPU only) [the cluster's GPUs, at most 1 each]"
+    )
     group_size: int = flag(2, "users trained together in one batched forward per worker")
     forward: str = flag("grouped", "one pass per user (grouped) or per-sample adapters (mixed)")
     n_content: int = flag(32, "procedural content scenes each adapter trains on")
@@ -558,8 +582,55 @@ class AdapterJobConfig(ConfigFile):
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
         if self.forward not in ("grouped", "mixed"):
             raise ValueError(f"forward must be grouped or mixed, got {self.forward!r}")
+
+
+@dataclass
+class DecideConfig(ConfigFile):
+    """When `pstyle ab decide` promotes a production-vs-candidate experiment's candidate, rolls it back
+    or lets it run (`pstyle.serving.decisions`: alpha spending over repeated looks, guardrails)."""
+
+    alpha: float = flag(0.05, "two-sided false-decision rate over all looks at one experiment")
+    min_ratings: int = flag(30, "ratings on each arm before the first look")
+    planned_ratings: int = flag(400, "ratings per arm at the final look; information = smaller arm / this")
+    min_exposures: int = flag(200, "exposures on each arm before guardrails are judged (and promotion)")
+    error_margin: float = flag(0.01, "candidate error rate may exceed production's by this (0.01: 1 point)")
+    p99_margin: float = flag(0.2, "candidate p99 latency may exceed production's by this fraction")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not 2 <= self.min_ratings <= self.planned_ratings:
+            raise ValueError(
+                f"need 2 <= min_ratings <= planned_ratings, got {self.min_ratings} and {self.planned_ratings}"
+            )
+        if self.min_exposures < 1 or self.error_margin < 0 or self.p99_margin < 0:
+            raise ValueError("min_exposures must be >= 1 and the guardrail margins >= 0")
+
+
+@dataclass
+class LoopConfig(ConfigFile):
+    """One run of the feedback loop (`pstyle loop run`, `ray_jobs/retrain_from_feedback.py`): new
+    ratings -> retrained adapters (the recipe: `personalize`) -> an A/B experiment -> decisions
+    (`decide`)."""
+
+    store: str | None = flag(None, STORE_HELP)
+    base: str = flag("base@production", "the base adapters train on: NAME[@alias|version]")
+    min_new_ratings: int = flag(5, "retrain a user who gave this many ratings since their last retrain")
+    settle_s: float = flag(600.0, "leave events younger than this to the next run (replicas flush late)")
+    experiment_prefix: str = flag("loop", "loop experiments are <prefix>-<UTC time>; a running one grows")
+    workers: int = flag(1, "Ray Train workers of the adapter job")
+    ray_address: str | None = flag(None, RAY_ADDRESS_HELP)
+    personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
+    decide: DecideConfig = field(default_factory=DecideConfig)
+
+    def __post_init__(self) -> None:
+        validate_id(self.experiment_prefix, "experiment prefix")
+        if self.min_new_ratings < 1 or self.workers < 1 or self.settle_s < 0:
+            raise ValueError("min_new_ratings and workers must be >= 1 and settle_s >= 0")
 
 
 def flag_fields(cls: type) -> list[tuple[str, type, str]]:

@@ -47,12 +47,15 @@ def open_image(
     min_side: int = MIN_SIDE,
     max_pixels: int | None = None,
     single_frame: bool = False,
+    draft_side: int | None = None,
 ) -> Image.Image:
     """Open a path or raw bytes as a fully decoded, upright, 8-bit RGB image, or raise ImageError.
 
     `max_pixels` refuses larger images from the header, before decoding (a server's bomb guard, far
     below PIL's own limit); `single_frame` refuses animated and multi-page files instead of taking
-    their first frame.
+    their first frame. `draft_side` lets a JPEG decode at 1/2, 1/4 or 1/8 scale (its DCT scaling) as
+    long as both sides stay at least that: a caller that resizes down anyway decodes up to 64x fewer
+    pixels, which is most of what a large upload costs a server.
     """
     if isinstance(source, bytes):
         name = name or "<bytes>"
@@ -73,6 +76,8 @@ def open_image(
         if single_frame and getattr(img, "n_frames", 1) > 1:
             raise ImageError(name, f"animated or multi-page image ({img.n_frames} frames): send one frame")
         img.seek(0)  # first frame of animated GIF/WEBP/APNG
+        if draft_side is not None:
+            img.draft("RGB", (draft_side, draft_side))  # a no-op for formats without reduced decoding
         img.load()  # decode now (PIL's LOAD_TRUNCATED_IMAGES is left False): truncation fails here
         img = ImageOps.exif_transpose(img)
     except ImageError:

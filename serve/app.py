@@ -1,7 +1,11 @@
 """The pstyle Ray Serve application: a FastAPI ingress and a generator deployment.
 
     Ingress (FastAPI, stateless)   auth, upload validation, A/B assignment, events, image ids
-      └─ StyleReplica (autoscaled) one base model + an AdapterBank per replica; @serve.batch mixes users
+      ├─ StyleReplica (autoscaled) one base model + an AdapterBank per replica; @serve.batch mixes users
+      └─ Personalizer (1 replica)  admits personalization jobs (bounded FIFO) and runs them as Ray tasks
+
+The ingress's event loop only awaits: decoding, encoding, key checks and store I/O run in threads
+(`asyncio.to_thread`), so one large upload never stalls the small requests behind it.
 
 Batching across users: Serve's @serve.batch splits a batch per multiplexed model id, so the adapter
 travels inside the request and the replica applies per-sample adapters itself (pstyle.serving.replica).
@@ -25,26 +29,42 @@ import time
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.util import metrics
+from starlette.exceptions import HTTPException
 
 from pstyle.config import ServeConfig
-from pstyle.images import ImageError, image_to_bytes, mask_to_tensor, open_image
+from pstyle.distributed.personalize_service import run_personalize_job
+from pstyle.images import ImageError, image_to_bytes, mask_to_tensor, open_image, to_tensor
 from pstyle.ratings import parse_rating
 from pstyle.serving.api_keys import ApiKeys, AuthError, Principal
 from pstyle.serving.experiments import Experiment, ExperimentStore, Variant, assign, report
+from pstyle.serving.personalize_jobs import JobQueue, JobRecords, JobRefused, PersonalizeJob, new_job
 from pstyle.serving.regions import REGIONS
 from pstyle.serving.replica import AdapterServer, StylizeRequest, StylizeResult, prepare_image
 from pstyle.serving.signed_ids import ImageIds, load_secret
+from pstyle.serving.style_sets import (
+    MAX_STYLE_IMAGES,
+    StyleSetError,
+    StyleSets,
+    decode_styles,
+    outputs_prefix,
+)
 from pstyle.store import open_store
 from pstyle.store.events import EventLog
+from pstyle.store.layout import adapter_progress_key
 from pstyle.store.registry import Registry, describe
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+MAX_REQUEST_STYLES = 4  # style files one stylize request may carry (zero-shot override)
+bearer = HTTPBearer(auto_error=False, description="your API key (psk.<user>.<secret>); or header X-API-Key")
+AUTH = [Security(bearer)]  # documents the scheme in /docs; the key itself is checked by ApiKeys
 
 
 class ApiError(Exception):
@@ -106,7 +126,11 @@ class StyleReplica:
 
 app = FastAPI(
     title="pstyle",
-    description="Personalized style transfer: each user's images rendered with their own adapter.",
+    description=(
+        "Personalized style transfer. Upload your style images (PUT /v1/me/styles) and stylize photos at "
+        "once with the base model; ask for personalization (POST /v1/me/personalize) and your own adapter "
+        "serves you when it is ready. Rate results (POST /v1/feedback) and they shape your next adapter."
+    ),
     version="1",
 )
 
@@ -114,6 +138,112 @@ app = FastAPI(
 @app.exception_handler(ApiError)
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's own 404/405/... in the API's one error shape."""
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return JSONResponse({"error": detail}, status_code=422)
+
+
+def _multipart_schema(fields: dict[str, dict[str, Any]], required: list[str]) -> dict[str, Any]:
+    """An OpenAPI request body for a multipart route (the routes read the form themselves)."""
+    schema = {"type": "object", "properties": fields, "required": required}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+FILE = {"type": "string", "format": "binary"}
+STYLIZE_BODY = _multipart_schema(
+    {
+        "image": FILE,
+        "style": {"type": "array", "items": FILE, "maxItems": MAX_REQUEST_STYLES,
+                  "description": "style images for this call only (zero-shot, overrides your adapter)"},
+        "mask": FILE,
+        "strength": {"type": "number", "minimum": 0, "maximum": 1, "default": 1},
+        "seed": {"type": "integer", "default": 0},
+        "region": {"type": "string", "enum": list(REGIONS), "default": "all"},
+        "size": {"type": "integer"},
+        "format": {"type": "string", "enum": list(FORMATS), "default": "png"},
+    },
+    ["image"],
+)  # fmt: skip
+STYLES_BODY = _multipart_schema(
+    {"style": {"type": "array", "items": FILE, "minItems": 1, "maxItems": MAX_STYLE_IMAGES}}, ["style"]
+)
+FEEDBACK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image_id", "rating"],
+                    "properties": {
+                        "image_id": {"type": "string", "description": "X-Image-Id of a stylize answer"},
+                        "rating": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 5},
+                                             {"type": "string", "enum": ["up", "down"]}]},
+                    },
+                }
+            }
+        },
+    }
+}  # fmt: skip
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+class Personalizer:
+    """Admits personalization jobs (one live job per user, a bounded queue) and runs each as a Ray
+    task; one replica, so the queue has one owner. The jobs' records live in the store."""
+
+    def __init__(self) -> None:
+        self.queue: JobQueue | None = None
+        self.watchers: set[asyncio.Task] = set()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.user_config = user_config
+        self.config = ServeConfig.from_dict(user_config)
+        store = open_store(self.config.store)
+        self.records, self.style_sets = JobRecords(store), StyleSets(store)
+        if self.queue is None:
+            self.queue = JobQueue(self.config.max_personalize_jobs)
+        self.queue.capacity = self.config.max_personalize_jobs
+
+    async def submit(self, user_id: str) -> dict[str, Any]:
+        """The queued job, or {"refused": {"status", "error", "retry_after_s"}} when it cannot be taken."""
+        style_set = await asyncio.to_thread(self.style_sets.get, user_id)
+        try:
+            if style_set is None:
+                raise JobRefused(409, "no style set to learn from: PUT your style images to /v1/me/styles")
+            job = self.queue.submit(new_job(user_id, style_set.digest))
+        except JobRefused as exc:
+            return {
+                "refused": {"status": exc.status, "error": exc.message, "retry_after_s": exc.retry_after_s}
+            }
+        await asyncio.to_thread(self.records.save, job)
+        self._start_ready()
+        return job.to_dict()
+
+    def _start_ready(self) -> None:
+        while (job := self.queue.start_next(self.config.max_running_personalize_jobs)) is not None:
+            watcher = asyncio.get_running_loop().create_task(self._watch(job))
+            self.watchers.add(watcher)
+            watcher.add_done_callback(self.watchers.discard)
+
+    async def _watch(self, job: PersonalizeJob) -> None:
+        try:
+            await run_personalize_job.remote(self.user_config, job.to_dict())
+        except Exception as exc:  # the task itself died (worker lost): the record says so
+            job.state, job.error, job.finished = "failed", f"job lost: {exc!r}"[:500], time.time()
+            await asyncio.to_thread(self.records.save, job)
+        finally:
+            self.queue.finished(job)
+            self._start_ready()
 
 
 @serve.deployment(
@@ -126,8 +256,8 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 class Ingress:
     """HTTP front door: who is calling, what they sent, which adapter variant they get."""
 
-    def __init__(self, generator: DeploymentHandle) -> None:
-        self.generator = generator
+    def __init__(self, generator: DeploymentHandle, personalizer: DeploymentHandle) -> None:
+        self.generator, self.personalizer = generator, personalizer
         self.events: EventLog | None = None
         self.exposures = metrics.Counter(
             "pstyle_exposures", "stylized images per experiment variant", tag_keys=("experiment", "variant")
@@ -149,7 +279,10 @@ class Ingress:
         self.keys = ApiKeys(store)
         self.experiments = ExperimentStore(store)
         self.registry = Registry(store)
+        self.style_sets = StyleSets(store)
+        self.jobs = JobRecords(store)
         self.image_ids = ImageIds(load_secret(store))
+        self.large_decodes = asyncio.Semaphore(self.config.large_decodes)
         self.events = EventLog(store, flush_interval_s=self.config.event_flush_s, background=True)
 
     def __del__(self) -> None:
@@ -159,31 +292,37 @@ class Ingress:
 
     # ---- helpers ----------------------------------------------------------------------------
 
-    def _principal(self, request: Request) -> Principal:
+    async def _principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         key = header.removeprefix("Bearer ").strip() if header else request.headers.get("x-api-key")
         try:
-            return self.keys.authenticate(key)
+            return await asyncio.to_thread(self.keys.authenticate, key)
         except AuthError as exc:
             raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from None
 
-    def _admin(self, request: Request) -> Principal:
-        principal = self._principal(request)
+    async def _admin(self, request: Request) -> Principal:
+        principal = await self._principal(request)
         if not principal.admin:
             raise ApiError(403, "admin key required")
         return principal
 
-    async def _upload(self, request: Request) -> dict[str, Any]:
-        """Fields and file bytes from multipart or JSON (base64), with the size cap enforced."""
-        cap = self.config.max_upload_bytes
-        if int(request.headers.get("content-length") or 0) > cap + 64 * 1024:
-            raise ApiError(413, f"upload larger than {cap} bytes")
+    async def _upload(self, request: Request, max_files: int, max_bytes: int) -> dict[str, Any]:
+        """Fields and file bytes from multipart or JSON (base64), with the size cap enforced; a field
+        sent more than once (`style`) becomes a list of (filename, bytes)."""
+        if int(request.headers.get("content-length") or 0) > max_bytes + 64 * 1024:
+            raise ApiError(413, f"upload larger than {max_bytes} bytes")
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
-            form = await request.form(max_files=2, max_fields=10)
-            fields: dict[str, Any] = {}
-            for name, value in form.items():
-                fields[name] = await value.read() if hasattr(value, "read") else value
+            form = await request.form(max_files=max_files, max_fields=10 + max_files)
+            fields: dict[str, Any] = {"style": []}
+            for name, value in form.multi_items():
+                if hasattr(value, "read"):
+                    data = await value.read()
+                    if name == "style":
+                        fields["style"].append((value.filename or f"style {len(fields['style']) + 1}", data))
+                        continue
+                    value = data
+                fields[name] = value
             return fields
         if kind.startswith("application/json"):
             try:
@@ -192,7 +331,11 @@ class Ingress:
                 for name in ("image", "mask"):
                     if fields.get(name) is not None:
                         fields[name] = base64.b64decode(fields[name], validate=True)
-            except (ValueError, TypeError, binascii.Error) as exc:
+                fields["style"] = [
+                    (f"style {i + 1}", base64.b64decode(b, validate=True))
+                    for i, b in enumerate(body.get("style", []))
+                ]
+            except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
                 raise ApiError(400, f"malformed JSON body: {exc}") from None
             return fields
         raise ApiError(415, "send multipart/form-data (field 'image') or application/json (base64 'image')")
@@ -207,22 +350,32 @@ class Ingress:
     def _record(self, kind: str, user_id: str, **fields: Any) -> None:
         self.events.append(kind, user_id, **fields)
 
+    def _output_key(self, user: str, image_id: str) -> str:
+        return f"{outputs_prefix(user)}/{hashlib.sha256(image_id.encode()).hexdigest()[:32]}.png"
+
     # ---- API --------------------------------------------------------------------------------
 
-    @app.post("/v1/stylize", responses={200: {"content": {m: {} for m in FORMATS.values()}}})
+    @app.post(
+        "/v1/stylize",
+        dependencies=AUTH,
+        openapi_extra=STYLIZE_BODY,
+        responses={200: {"content": {m: {} for m in FORMATS.values()}}},
+    )
     async def stylize(self, request: Request) -> Response:
-        """Render the uploaded image with the caller's adapter. Fields: image (file), mask (file,
-        with region=mask), strength (0-1), seed, region (all|subject|background|mask), size, format."""
+        """Render `image` in your style: with your adapter when you have one, else zero-shot from your
+        style set (`X-Adapter-Version: base`); `style` files sent here override both for this call."""
         t0 = time.perf_counter()
-        user = self._principal(request).user_id
-        fields = await self._upload(request)
-        req, fmt = self._parse(user, fields)
-        experiment, variant = self._variant(user)
-        if variant is not None:
+        user = (await self._principal(request)).user_id
+        fields = await self._upload(request, 2 + MAX_REQUEST_STYLES, self.config.max_upload_bytes)
+        req, fmt = await self._decode(user, fields)
+        experiment, variant = await asyncio.to_thread(self._variant, user)
+        if variant is not None and req.styles is None:
             req.ref = variant.ref
+        else:
+            experiment = None
         tags = {
             "experiment": experiment.name if experiment else "-",
-            "variant": variant.name if variant else "-",
+            "variant": variant.name if experiment else "-",
         }
         try:
             result: StylizeResult = await self.generator.options(
@@ -239,20 +392,38 @@ class Ingress:
                          error=result.error is not None)  # fmt: skip
         if result.error is not None:
             self.errors.inc(tags={"status": "404"})
-            raise ApiError(404, f"{result.error}; train one with `pstyle personalize` (see /docs)")
+            raise ApiError(404, result.error)
         image_id = self.image_ids.issue(user=user, version=result.version, **tags)
+        body = await asyncio.to_thread(self._deliver, user, image_id, result, fmt)
         headers = {
             "X-Adapter-Version": str(result.version),
             "X-Experiment": tags["experiment"],
             "X-Variant": tags["variant"],
             "X-Image-Id": image_id,
         }
-        return Response(image_to_bytes(result.image, fmt), media_type=FORMATS[fmt], headers=headers)
+        return Response(body, media_type=FORMATS[fmt], headers=headers)
+
+    def _deliver(self, user: str, image_id: str, result: StylizeResult, fmt: str) -> bytes:
+        """The response body; the PNG is also kept (keep_outputs) so a rating can train on it."""
+        body = image_to_bytes(result.image, fmt)
+        if self.config.keep_outputs:
+            kept = body if fmt == "png" else image_to_bytes(result.image, "png")
+            self.store.put_bytes(self._output_key(user, image_id), kept)
+        return body
 
     def _model_id(self, user: str) -> str:
         return user if self.config.multiplex_by == "user" else shard_of(user, self.config.shards)
 
+    async def _decode(self, user: str, fields: dict[str, Any]) -> tuple[StylizeRequest, str]:
+        """`_parse` in a thread; a large upload first waits for one of the `large_decodes` slots."""
+        image = fields.get("image")
+        if isinstance(image, bytes) and len(image) > self.config.large_upload_bytes:
+            async with self.large_decodes:
+                return await asyncio.to_thread(self._parse, user, fields)
+        return await asyncio.to_thread(self._parse, user, fields)
+
     def _parse(self, user: str, fields: dict[str, Any]) -> tuple[StylizeRequest, str]:
+        """The request to render and the output format (runs in a thread: it decodes images)."""
         image = fields.get("image")
         if not isinstance(image, bytes):
             raise ApiError(400, "missing image: send the file as field 'image'")
@@ -281,16 +452,85 @@ class Ingress:
                     fields["mask"], "mask", max_pixels=self.config.max_pixels, single_frame=True
                 )
                 mask = mask_to_tensor(mask_image)  # fitted to the content by `region_masks`
-        except ImageError as exc:
+            styles, digest = self._request_styles(fields.get("style") or [])
+        except (ImageError, StyleSetError) as exc:
             raise ApiError(400, str(exc)) from None
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-        return StylizeRequest(user, content, self.config.adapter_alias, strength, seed, region, mask), fmt
+        req = StylizeRequest(user, content, self.config.adapter_alias, strength, seed, region, mask)
+        req.styles, req.styles_digest = styles, digest
+        return req, fmt
 
-    @app.post("/v1/feedback")
+    def _request_styles(self, files: list[tuple[str, bytes]]) -> tuple[torch.Tensor | None, str]:
+        """Style files sent with a stylize request, as an encoder batch, and their cache digest."""
+        if not files:
+            return None, ""
+        images = decode_styles(files, self.config.max_pixels, MAX_REQUEST_STYLES)
+        digest = hashlib.sha256(b"".join(hashlib.sha256(data).digest() for _, data in files)).hexdigest()[:32]
+        return torch.stack([to_tensor(im, self.config.style_size) for im in images]), f"request-{digest}"
+
+    @app.put("/v1/me/styles", dependencies=AUTH, openapi_extra=STYLES_BODY)
+    async def put_styles(self, request: Request) -> dict[str, Any]:
+        """Replace your style set (1-16 images, field `style`): all of it is stored, or none."""
+        user = (await self._principal(request)).user_id
+        fields = await self._upload(
+            request, MAX_STYLE_IMAGES + 1, MAX_STYLE_IMAGES * self.config.max_upload_bytes
+        )
+        files = fields.get("style") or []
+        if any(len(data) > self.config.max_upload_bytes for _, data in files):
+            raise ApiError(413, f"a style image is larger than {self.config.max_upload_bytes} bytes")
+        try:
+            style_set = await asyncio.to_thread(self.style_sets.put, user, files, self.config.max_pixels)
+        except StyleSetError as exc:
+            raise ApiError(400, str(exc)) from None
+        return self._describe_set(style_set)
+
+    @app.get("/v1/me/styles", dependencies=AUTH)
+    async def get_styles(self, request: Request) -> dict[str, Any]:
+        """Your current style set: its digest and its images (id = content hash, and file name)."""
+        user = (await self._principal(request)).user_id
+        style_set = await asyncio.to_thread(self.style_sets.get, user)
+        if style_set is None:
+            raise ApiError(404, "no style set yet: PUT 1-16 images (field 'style') to /v1/me/styles")
+        return self._describe_set(style_set)
+
+    @staticmethod
+    def _describe_set(style_set: Any) -> dict[str, Any]:
+        images = [
+            {"id": key.rsplit("/", 1)[-1].removesuffix(".png"), "name": name}
+            for key, name in zip(style_set.images, style_set.names, strict=True)
+        ]
+        return {"set": style_set.digest, "images": images, "created": style_set.created}
+
+    @app.post("/v1/me/personalize", dependencies=AUTH, status_code=202)
+    async def personalize(self, request: Request) -> JSONResponse:
+        """Train your own adapter from your style set and your ratings; poll /v1/me/jobs/{id}."""
+        user = (await self._principal(request)).user_id
+        job = await self.personalizer.submit.remote(user)
+        if "refused" in job:
+            refused = job["refused"]
+            headers = {"Retry-After": str(refused["retry_after_s"])} if refused.get("retry_after_s") else None
+            raise ApiError(refused["status"], refused["error"], headers)
+        return JSONResponse(job, status_code=202, headers={"Location": f"/v1/me/jobs/{job['id']}"})
+
+    @app.get("/v1/me/jobs/{job_id}", dependencies=AUTH)
+    async def job(self, job_id: str, request: Request) -> dict[str, Any]:
+        """One of your personalization jobs: state, progress (step/total), held-out metrics, decision."""
+        user = (await self._principal(request)).user_id
+
+        def read() -> PersonalizeJob | None:
+            job = self.jobs.get(user, job_id)
+            return job and self.jobs.progress(job, adapter_progress_key(job.adapter_job, user))
+
+        job = await asyncio.to_thread(read)
+        if job is None:
+            raise ApiError(404, f"no job {job_id!r}")
+        return job.to_dict()
+
+    @app.post("/v1/feedback", dependencies=AUTH, openapi_extra=FEEDBACK_BODY)
     async def feedback(self, request: Request) -> dict[str, Any]:
         """Rate an image you received: {"image_id": ..., "rating": 1-5}."""
-        user = self._principal(request).user_id
+        user = (await self._principal(request)).user_id
         try:
             body = await request.json()
             image_id, rating = body["image_id"], parse_rating(body["rating"])
@@ -304,16 +544,22 @@ class Ingress:
             issued = None
         if issued is None or issued.get("user") != user:
             raise ApiError(404, "unknown image id")  # another user's id looks exactly like a forged one
+        kept = {"image": self._output_key(user, image_id)} if self.config.keep_outputs else {}
         self._record("feedback", user, image_id=image_id, rating=rating, adapter_version=issued["version"],
-                     experiment=issued["experiment"], variant=issued["variant"])  # fmt: skip
+                     experiment=issued["experiment"], variant=issued["variant"], **kept)  # fmt: skip
         return {"status": "recorded"}
 
-    @app.get("/v1/me/adapters")
+    @app.get("/v1/me/adapters", dependencies=AUTH)
     async def my_adapters(self, request: Request) -> dict[str, Any]:
-        user = self._principal(request).user_id
-        numbers = self.registry.versions("adapter", user)
-        versions = [self.registry.get("adapter", user, n) for n in numbers]
-        return {"user": user, "versions": describe(versions, self.registry.aliases("adapter", user))}
+        user = (await self._principal(request)).user_id
+
+        def read() -> list[dict[str, Any]]:
+            versions = [
+                self.registry.get("adapter", user, n) for n in self.registry.versions("adapter", user)
+            ]
+            return describe(versions, self.registry.aliases("adapter", user))
+
+        return {"user": user, "versions": await asyncio.to_thread(read)}
 
     @app.get("/v1/health/live")
     async def live(self) -> dict[str, str]:
@@ -327,48 +573,51 @@ class Ingress:
             return JSONResponse({"status": "not ready", "reason": repr(exc)}, status_code=503)
         return JSONResponse({"status": "ready", "base_version": stats["base_version"]})
 
-    @app.get("/v1/admin/stats")
+    @app.get("/v1/admin/stats", dependencies=AUTH)
     async def stats(self, request: Request) -> dict[str, Any]:
         """One generator replica's adapter-cache counters (hit rate, cold loads)."""
-        self._admin(request)
+        await self._admin(request)
         return await self.generator.stats.remote()
 
-    @app.post("/v1/admin/experiments")
+    @app.post("/v1/admin/experiments", dependencies=AUTH)
     async def create_experiment(self, request: Request) -> dict[str, Any]:
         """{"name", "variants": [{"name", "ref", "weight"}], "percent", "users"}"""
-        self._admin(request)
+        await self._admin(request)
         try:
             experiment = Experiment.from_dict(await request.json())
-            self.experiments.create(experiment)
+            await asyncio.to_thread(self.experiments.create, experiment)
         except (ValueError, KeyError, TypeError, FileExistsError) as exc:
             raise ApiError(400, f"bad experiment: {exc}") from None
         return experiment.to_dict()
 
-    @app.post("/v1/admin/experiments/{name}/stop")
+    @app.post("/v1/admin/experiments/{name}/stop", dependencies=AUTH)
     async def stop_experiment(self, name: str, request: Request) -> dict[str, Any]:
-        self._admin(request)
-        return self._existing(lambda: self.experiments.stop(name)).to_dict()
+        await self._admin(request)
+        return (await self._existing(lambda: self.experiments.stop(name))).to_dict()
 
-    @app.get("/v1/admin/experiments/{name}/report")
+    @app.get("/v1/admin/experiments/{name}/report", dependencies=AUTH)
     async def experiment_report(self, name: str, request: Request) -> dict[str, Any]:
-        self._admin(request)
-        self.events.flush()
-        return self._existing(lambda: report(self.store, name))
+        await self._admin(request)
+        await asyncio.to_thread(self.events.flush)
+        return await self._existing(lambda: report(self.store, name))
 
     @staticmethod
-    def _existing(call: Any) -> Any:
+    async def _existing(call: Any) -> Any:
         try:
-            return call()
+            return await asyncio.to_thread(call)
         except (FileNotFoundError, KeyError, ValueError) as exc:
             raise ApiError(404, str(exc)) from None
 
 
 def build_app(config: ServeConfig | None = None, **generator_options: Any) -> serve.Application:
-    """The application with `config` as both deployments' user_config; `generator_options` override the
-    generator deployment's (e.g. max_ongoing_requests) for tests and benchmarks."""
-    user_config = dataclasses.asdict(config or ServeConfig())
+    """The application with `config` as every deployment's user_config; `generator_options` override
+    the generator deployment's (e.g. max_ongoing_requests) for tests and benchmarks."""
+    config = config or ServeConfig()
+    user_config = dataclasses.asdict(config)
+    generator_options.setdefault("ray_actor_options", {"num_gpus": config.num_gpus})
     generator = StyleReplica.options(user_config=user_config, **generator_options).bind()
-    return Ingress.options(user_config=user_config).bind(generator)
+    personalizer = Personalizer.options(user_config=user_config).bind()
+    return Ingress.options(user_config=user_config).bind(generator, personalizer)
 
 
 entrypoint = build_app()  # the import path in serve/config.yaml: serve.app:entrypoint

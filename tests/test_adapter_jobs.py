@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pstyle.distributed.adapter_jobs import (
     load_manifest,
     load_user_data,
     train_users,
+    worker_resources,
 )
 from pstyle.quality.metrics import style_distance
 from pstyle.store import LocalStore
@@ -90,6 +92,7 @@ def test_job_publishes_one_candidate_version_per_user(job):
         assert manifest["metrics"]["base"] == "base@1" and manifest["metrics"]["job"] == "job-1"
         assert user in output  # the printed table has one line per user
     assert {summary["users"][u]["worker"] for u in USERS} == {0, 1}  # users were split across workers
+    assert summary["gpus_per_worker"] == 0  # a CPU-only cluster: no GPU asked for
     stored = json.loads(store.get_bytes("jobs/adapters/job-1/summary.json"))
     assert stored["published"] == summary["published"]
 
@@ -274,3 +277,29 @@ def test_base_cache_follows_the_weights_not_the_store_address(trained_base: Path
         fetched.append(fetch_base(store, "base", 1))
     assert fetched[0] != fetched[1]
     assert json.loads((fetched[1] / "meta.json").read_text())["created"] == "rebuilt"
+
+
+@pytest.mark.parametrize(
+    ("workers", "gpus", "cluster_gpus", "expected_gpus"),
+    [
+        (2, None, 0, 0.0),  # CPU cluster: CPU workers
+        (2, None, 4, 1.0),  # enough GPUs: one each, as use_gpu=True asks
+        (4, None, 1, 0.25),  # fewer GPUs than workers: shares that pack onto the GPUs there are
+        (3, None, 2, 0.5),
+        (3, None, 1, 0.3333),  # rounded down to Ray's precision: three still fit on one GPU
+        (2, 0.0, 8, 0.0),  # explicit: CPU even on a GPU cluster
+        (2, 1.0, 0, 1.0),  # explicit: wait for GPU nodes an autoscaler has yet to start
+    ],
+)
+def test_worker_resources_follow_the_cluster_unless_asked(
+    workers: int, gpus: float | None, cluster_gpus: float, expected_gpus: float
+) -> None:
+    from ray.train import ScalingConfig
+
+    resources = worker_resources(workers, 2.0, gpus, cluster_gpus)
+    assert resources["CPU"] == 2.0 and resources.get("GPU", 0.0) == expected_gpus
+    if gpus is None and cluster_gpus:  # every worker finds room: each GPU holds floor(1/share) of them
+        assert int(cluster_gpus) * math.floor(1 / resources["GPU"]) >= workers
+    # the pair _fit_on_ray passes is one Ray Train accepts (it refuses use_gpu without a "GPU" and back)
+    scaling = ScalingConfig(num_workers=workers, use_gpu="GPU" in resources, resources_per_worker=resources)
+    assert scaling.num_gpus_per_worker == expected_gpus

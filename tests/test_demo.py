@@ -65,7 +65,10 @@ def test_tiny_demo_runs_every_stage_and_writes_the_report(demo_store: str | None
     html = (out / "report.html").read_text()
     for heading in ("Users", "Hyperparameter search (Ray Tune)", "Serving", "A/B experiment", "Stages"):
         assert f">{heading}</h" in html
-    assert html.count('src="data:image/png;base64,') == len(users) + 2  # grids, Pareto, latency
+    assert html.count('src="data:image/png;base64,') == len(users) + 3  # grids, Pareto, newcomer, latency
+    newcomer = serving["newcomer"]  # a user with no adapter, served zero-shot from their style set
+    assert newcomer["first_ms"] > 0 and newcomer["cached_ms"] > 0 and "A new user's first result" in html
+    assert load_image(out / "served" / "newcomer.png").shape[0] == 3
     for user in users:
         grid = load_image(out / "figures" / f"{user}.png")
         # one row: content, the 3 training style images, base, adapter, adapter on the subject

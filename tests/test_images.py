@@ -217,3 +217,14 @@ def test_list_images(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub.png").mkdir()
     assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG", "c.webp"]
+
+
+def test_draft_decodes_large_jpegs_smaller_but_never_below_the_side_asked_for() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (1600, 1000), (200, 30, 30)).save(buf, "JPEG")
+    drafted = open_image(buf.getvalue(), "big.jpg", draft_side=120)
+    assert drafted.size == (200, 125)  # 1/8 scale: both sides still >= 120
+    assert open_image(buf.getvalue(), "big.jpg", draft_side=600).size == (1600, 1000)  # 1/2 would be < 600
+    buf = io.BytesIO()
+    Image.new("RGB", (1600, 1000)).save(buf, "PNG")
+    assert open_image(buf.getvalue(), "big.png", draft_side=120).size == (1600, 1000)  # PNG: no draft

@@ -59,3 +59,34 @@ def test_dockerfile_uses_the_lock_and_the_pinned_ray_image() -> None:
     ray_pin = re.search(r"^ray==([\d.]+)", (ROOT / "requirements.lock").read_text(), re.M).group(1)
     assert f"FROM rayproject/ray:{ray_pin}-" in text
     assert "pip install --no-cache-dir -r requirements.lock" in text
+
+
+def test_feedback_loop_runs_on_a_schedule_both_ways() -> None:
+    """RayCronJob (KubeRay 1.6 fields only) and the plain CronJob run the same loop entrypoint, whose
+    flags `ray_jobs/retrain_from_feedback.py` accepts."""
+    from pstyle.config import LoopConfig
+    from pstyle.distributed.job_args import parse_job
+
+    cron = yaml.safe_load((KUBERAY / "raycronjob-retrain-from-feedback.yaml").read_text())
+    assert (cron["apiVersion"], cron["kind"]) == ("ray.io/v1", "RayCronJob")
+    assert set(cron["spec"]) == {"schedule", "jobTemplate", "suspend"}  # timeZone needs KubeRay 1.7
+    assert len(cron["spec"]["schedule"].split()) == 5 and cron["spec"]["suspend"] is False
+    template = cron["spec"]["jobTemplate"]  # a RayJob spec, as the RayJobs have
+    assert template["shutdownAfterJobFinishes"] is True and "rayClusterSpec" in template
+    python, script, *flags = shlex.split(template["entrypoint"])
+    assert (python, script) == ("python", "ray_jobs/retrain_from_feedback.py") and (ROOT / script).is_file()
+    job, _ = parse_job(LoopConfig, argv=flags)
+    assert job.store.startswith("s3://") and job.base == "base@production"
+
+    plain = yaml.safe_load((KUBERAY / "cronjob-retrain-from-feedback.yaml").read_text())
+    assert (plain["apiVersion"], plain["kind"]) == ("batch/v1", "CronJob")
+    assert plain["spec"]["schedule"] == cron["spec"]["schedule"]
+    assert plain["spec"]["concurrencyPolicy"] == "Forbid"  # two runs at once would train users twice
+    pod = plain["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    command = pod["containers"][0]["command"][-1]
+    service = yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())["metadata"]["name"]
+    assert command.startswith(f"ray job submit --address http://{service}-head-svc:8265 ")
+    assert command.split(" -- ", 1)[1] == template["entrypoint"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import pytest
 import ray
 import requests
 import torch
+from fixtures.ab import HIGH, LOW
+from fixtures.ab import traffic as simulate
 from PIL import Image
 from ray import serve
 
@@ -24,10 +28,13 @@ from pstyle.adapters import (
     save_adapter,
 )
 from pstyle.bench.adapters import random_state
-from pstyle.config import ServeConfig, cpu_preset
+from pstyle.cli.main import main
+from pstyle.config import LoopConfig, PersonalizeConfig, ServeConfig, cpu_preset
+from pstyle.distributed.feedback_loop import run_loop
 from pstyle.distributed.runtime import free_port
 from pstyle.models.style_model import StyleModel
 from pstyle.serving.api_keys import create_user
+from pstyle.serving.experiments import Experiment, ExperimentStore, Variant
 from pstyle.serving.stylize import stylize_file
 from pstyle.store import LocalStore
 from pstyle.store.events import read_events
@@ -83,7 +90,7 @@ def deployment(base_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # noq
     for seed, user in enumerate(["alice", "bob"]):
         adapters[user] = write_adapter(base_dir, user, seed, root / user)
         registry.publish_adapter(user, adapters[user], aliases=["production"])
-    keys = {user: create_user(store, user) for user in ("alice", "bob", "carol")}
+    keys = {user: create_user(store, user) for user in ("alice", "bob", "carol", "dave", "erin")}
     keys["root"] = create_user(store, "root", admin=True)
     config = ServeConfig(
         store=str(store.root),
@@ -92,6 +99,11 @@ def deployment(base_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # noq
         max_upload_bytes=2**20,
         max_pixels=4_000_000,
         event_flush_s=0.5,
+        style_size=64,
+        personalize=PersonalizeConfig(steps=6, eval_every=3, batch_size=2, holdout=1),
+        personalize_content=4,
+        max_personalize_jobs=1,  # one live job: a second user's request meets a full queue
+        promote_margin=0.0,
     )
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     port = free_port()
@@ -386,3 +398,172 @@ def test_overload_is_503_not_a_hang(deployment, content_png) -> None:
     busy = next(f.result() for f in futures if f.result().status_code == 503)
     assert busy.headers["Retry-After"] == "1" and "overloaded" in busy.json()["error"]
     assert call(deployment, "alice", files={"image": ("c.png", content_png)}).status_code == 200
+
+
+# ---- zero-shot, style sets, personalization on request ----------------------------------------
+
+
+def style_files(synth_dir: Path, user_index: int, n: int = 3) -> list[tuple[str, tuple[str, bytes, str]]]:
+    folder = sorted(p for p in (synth_dir / "styles").iterdir() if p.is_dir())[user_index]
+    return [("style", (p.name, p.read_bytes(), "image/png")) for p in sorted(folder.glob("*.png"))[:n]]
+
+
+def auth(d: dict, user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {d['keys'][user]}"}
+
+
+def put_styles(d: dict, user: str, files: list) -> requests.Response:
+    return requests.put(f"{d['url']}/v1/me/styles", files=files, headers=auth(d, user), timeout=60)
+
+
+def test_style_set_hostile_uploads_are_4xx_and_keep_the_old_set(deployment, synth_dir: Path) -> None:
+    good = style_files(synth_dir, 2)
+    assert put_styles(deployment, "erin", good).status_code == 200
+    before = requests.get(
+        f"{deployment['url']}/v1/me/styles", headers=auth(deployment, "erin"), timeout=30
+    ).json()
+    corrupt = [*good[:2], ("style", ("broken.png", good[2][1][1][:200], "image/png"))]
+    seventeen = [good[0]] * 17
+    cases = {
+        "broken.png": corrupt,  # a corrupt image inside a set names the file
+        "1 to 16 images, got 17": seventeen,
+        "1 to 16 images, got 0": [("other", ("x.txt", b"hello", "text/plain"))],  # zero usable images
+        "tiny.png": [("style", ("tiny.png", png(Image.new("RGB", (8, 8))), "image/png"))],
+    }
+    for message, files in cases.items():
+        r = put_styles(deployment, "erin", files)
+        assert r.status_code == 400 and message in r.json()["error"], (message, r.text)
+    after = requests.get(
+        f"{deployment['url']}/v1/me/styles", headers=auth(deployment, "erin"), timeout=30
+    ).json()
+    assert after == before and len(after["images"]) == 3
+
+
+def test_errors_have_one_shape_everywhere(deployment) -> None:
+    url = deployment["url"]
+    for response, status in [
+        (requests.get(f"{url}/no/such/route", timeout=30), 404),
+        (requests.get(f"{url}/v1/stylize", timeout=30), 405),
+        (requests.get(f"{url}/v1/me/styles", timeout=30), 401),
+        (requests.get(f"{url}/v1/me/styles", headers=auth(deployment, "bob"), timeout=30), 404),
+    ]:
+        assert response.status_code == status and set(response.json()) == {"error"}, response.text
+    schema = requests.get(f"{url}/openapi.json", timeout=30).json()
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    stylize = schema["paths"]["/v1/stylize"]["post"]
+    assert "style" in stylize["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+
+
+def test_new_user_zero_shot_then_personalization_on_request(deployment, content_png, synth_dir: Path) -> None:
+    d, url = deployment, deployment["url"]
+    r = call(d, "carol", files={"image": ("c.png", content_png)})
+    assert r.status_code == 404 and "PUT /v1/me/styles" in r.json()["error"]  # neither adapter nor set
+    assert put_styles(d, "carol", style_files(synth_dir, 0)).status_code == 200
+    assert put_styles(d, "dave", style_files(synth_dir, 1)).status_code == 200
+    listed = requests.get(f"{url}/v1/me/styles", headers=auth(d, "carol"), timeout=30).json()
+    assert len(listed["images"]) == 3 and listed["images"][0]["name"].endswith(".png")
+
+    # Zero-shot from the stored set: at once, from the base, and each user's set shows.
+    first = call(d, "carol", files={"image": ("c.png", content_png)})
+    assert first.status_code == 200 and first.headers["X-Adapter-Version"] == "base"
+    other = call(d, "dave", files={"image": ("c.png", content_png)})
+    assert other.headers["X-Adapter-Version"] == "base"
+    assert np.abs(decode(first) - decode(other)).mean() > 0.01
+    again = call(d, "carol", files={"image": ("c.png", content_png)})
+    np.testing.assert_array_equal(decode(again), decode(first))  # same set, seed: same pixels (cached code)
+    stats = requests.get(f"{url}/v1/admin/stats", headers=auth(d, "root"), timeout=30).json()
+    assert stats["style_code_hits"] >= 1 and stats["style_code_misses"] >= 2  # carol's and dave's sets
+    # Style files in the request override the stored set for that call only.
+    override = call(d, "carol", files=[("image", ("c.png", content_png)), *style_files(synth_dir, 1)])
+    assert override.headers["X-Adapter-Version"] == "base"
+    np.testing.assert_allclose(decode(override), decode(other), atol=2 / 255)
+
+    # Ratings: the rated output is kept for the next adapter.
+    for response, rating in ((first, 5), (override, 1)):
+        body = {"image_id": response.headers["X-Image-Id"], "rating": rating}
+        assert requests.post(f"{url}/v1/feedback", json=body, headers=auth(d, "carol"), timeout=30).ok
+
+    # Personalization on request: one live job per user, a bounded queue, jobs private to their owner.
+    started = requests.post(f"{url}/v1/me/personalize", headers=auth(d, "carol"), timeout=60)
+    assert started.status_code == 202, started.text
+    job_id = started.json()["id"]
+    twice = requests.post(f"{url}/v1/me/personalize", headers=auth(d, "carol"), timeout=60)
+    assert twice.status_code == 409 and job_id in twice.json()["error"]
+    full = requests.post(f"{url}/v1/me/personalize", headers=auth(d, "dave"), timeout=60)
+    assert full.status_code == 429 and int(full.headers["Retry-After"]) > 0
+    no_set = requests.post(f"{url}/v1/me/personalize", headers=auth(d, "bob"), timeout=60)
+    assert no_set.status_code == 409 and "style" in no_set.json()["error"]
+    assert requests.get(f"{url}/v1/me/jobs/{job_id}", headers=auth(d, "dave"), timeout=30).status_code == 404
+    deadline = time.monotonic() + 240
+    while True:
+        job = requests.get(f"{url}/v1/me/jobs/{job_id}", headers=auth(d, "carol"), timeout=30).json()
+        if job["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert job["state"] == "succeeded", job
+    assert job["total"] > 0 and job["before"]["style"] > 0 and job["after"]["style"] > 0
+    assert job["decision"].startswith("promoted"), job["decision"]
+    adapters = requests.get(f"{url}/v1/me/adapters", headers=auth(d, "carol"), timeout=30).json()["versions"]
+    assert [v["version"] for v in adapters] == [job["version"]]
+    time.sleep(TTL_S + 0.2)
+    personal = call(d, "carol", files={"image": ("c.png", content_png)})
+    assert personal.headers["X-Adapter-Version"] == str(job["version"])
+    # The job trained on the rated outputs the service kept.
+    manifest = json.loads(d["store"].get_bytes(f"manifests/personalize-{job_id}.json"))
+    assert len(manifest["users"]["carol"]["feedback"]) == 2
+
+
+def pstyle_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+    """`pstyle ARGS` in this process (its Ray and store), failing the test on a non-zero exit."""
+    monkeypatch.setattr(sys, "argv", ["pstyle", *args])
+    try:
+        main()
+    except SystemExit as exc:
+        assert exc.code == 0, args
+
+
+def test_feedback_loop_retrains_and_ab_decide_promotes_or_rolls_back(
+    deployment, content_png, synth_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the personalization test: carol's ratings retrain her adapter (the loop), an experiment
+    opens, and `pstyle ab decide` acts on simulated ratings that favour, then disfavour, a candidate."""
+    d, url, store, registry = deployment, deployment["url"], deployment["store"], deployment["registry"]
+    production = registry.aliases("adapter", "carol")["production"]
+    for seed in range(3):  # ratings of her personal adapter's outputs
+        r = call(d, "carol", files={"image": ("c.png", content_png)}, data={"seed": seed})
+        body = {"image_id": r.headers["X-Image-Id"], "rating": 4 + seed % 2}
+        assert requests.post(f"{url}/v1/feedback", json=body, headers=auth(d, "carol"), timeout=30).ok
+    time.sleep(2 * d["config"].event_flush_s)
+    recipe = PersonalizeConfig(steps=4, eval_every=2, batch_size=2, holdout=1)
+    loop = LoopConfig(store=str(store.root), min_new_ratings=3, settle_s=0.0, personalize=recipe)
+    result = run_loop(loop, log=lambda _: None)
+    assert result["published"] == ["carol"] and result["ratings"]["carol"] >= 3, result
+    candidate = registry.aliases("adapter", "carol")["candidate"]
+    assert candidate > production
+    name = result["experiment"]
+    assert ExperimentStore(store).get(name).users == ("carol",)
+    assert run_loop(loop, log=lambda _: None)["job"] is None  # idempotent: no new ratings, no retraining
+
+    r = call(d, "carol", files={"image": ("c.png", content_png)})  # a real exposure in the experiment
+    assert r.headers["X-Experiment"] == name
+    time.sleep(2 * d["config"].event_flush_s)
+    cohort = [f"sim-{i}" for i in range(4)]
+    simulate(store, {"production": LOW[:40], "candidate": HIGH[:40]}, cohort, name, exposures=40)
+    decide_flags = ["--min-ratings", "30", "--planned-ratings", "40", "--min-exposures", "30"]
+    pstyle_cli(monkeypatch, "ab", "decide", "--store", str(store.root), *decide_flags)
+    assert ExperimentStore(store).get(name).decision == "promoted"
+    assert registry.aliases("adapter", "carol")["production"] == candidate
+
+    # A worse candidate: rolled back, the reason recorded, production untouched.
+    worse = registry.publish_adapter("carol", write_adapter(d["base"], "carol", 7, d["root"] / "worse"),
+                                     aliases=["candidate"]).number  # fmt: skip
+    variants = (Variant("production", "production"), Variant("candidate", "candidate"))
+    ExperimentStore(store).create(Experiment("carol-worse", variants, users=("carol",)))
+    simulate(store, {"production": HIGH[:40], "candidate": LOW[:40]}, cohort, "carol-worse", exposures=40)
+    pstyle_cli(
+        monkeypatch, "ab", "decide", "--store", str(store.root), "--experiment", "carol-worse", *decide_flags
+    )
+    stopped = ExperimentStore(store).get("carol-worse")
+    assert (stopped.status, stopped.decision) == ("stopped", "rolled_back") and stopped.reason
+    aliases = registry.aliases("adapter", "carol")
+    assert aliases["production"] == candidate and aliases["candidate"] != worse

@@ -3,8 +3,8 @@
     python infra/kuberay/render.py          # after editing serve/config.yaml or this file
 
 One source of truth: the RayService's `serveConfigV2` is serve/config.yaml verbatim (minus comments),
-and the three RayJobs share one `rayClusterSpec`; tests/test_infra.py fails when a committed manifest
-differs from what this script renders.
+and the three RayJobs and the feedback loop's RayCronJob share one `rayClusterSpec`;
+tests/test_infra.py fails when a committed manifest differs from what this script renders.
 """
 
 from __future__ import annotations
@@ -32,6 +32,16 @@ JOBS = {
     "train-adapters": "python ray_jobs/train_adapters.py --base base@production --users manifests/users.json "
     "--store {store} --workers 4",
 }
+
+# The feedback loop, on a schedule: a RayCronJob (KubeRay >= 1.6) or, for older operators, a CronJob
+# whose pod submits the same entrypoint to the RayService's cluster.
+LOOP = (
+    "python ray_jobs/retrain_from_feedback.py --store {store} --base base@production --workers 2 "
+    "--min-new-ratings 5"
+)
+LOOP_SCHEDULE = "0 * * * *"  # hourly, in the operator's time zone (`timeZone` needs KubeRay 1.7)
+SERVICE = "pstyle"  # the RayService; KubeRay names its head's stable Service <name>-head-svc
+RAY_TOKEN_SECRET = "pstyle-ray-token"  # key auth_token: the head's Ray auth token (ray_jobs/README.md)
 
 
 def container(name: str, cpu: str, memory: str, gpus: int = 0) -> dict:
@@ -111,9 +121,63 @@ def ray_service() -> dict:
     }
 
 
+def ray_cron_job() -> dict:
+    """KubeRay >= 1.6 (alpha, behind the operator's `RayCronJob` feature gate): every tick creates a
+    RayJob from `jobTemplate` (a RayJob spec), with its own cluster, deleted when the job ends."""
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCronJob",
+        "metadata": {"name": "pstyle-retrain-from-feedback"},
+        "spec": {
+            "schedule": LOOP_SCHEDULE,
+            "suspend": False,
+            "jobTemplate": ray_job("retrain-from-feedback", LOOP)["spec"],
+        },
+    }
+
+
+def cron_job() -> dict:
+    """Any operator: a Kubernetes CronJob whose pod runs `ray job submit` against the RayService's
+    head, waits for the job and exits with its status; one run at a time (`Forbid`), no pod retries
+    (a resubmission is the next tick's)."""
+    submit = (
+        f"ray job submit --address http://{SERVICE}-head-svc:8265 "
+        f"--submission-id pstyle-retrain-$(date -u +%Y%m%d-%H%M) -- {LOOP.format(store=STORE)}"
+    )
+    token = {"secretKeyRef": {"name": RAY_TOKEN_SECRET, "key": "auth_token"}}
+    submitter = {
+        "name": "submit",
+        "image": IMAGE,
+        "command": ["/bin/bash", "-c", submit],
+        "env": [{"name": "RAY_AUTH_MODE", "value": "token"}, {"name": "RAY_AUTH_TOKEN", "valueFrom": token}],
+        "resources": {
+            "limits": {"cpu": "500m", "memory": "1Gi"},
+            "requests": {"cpu": "500m", "memory": "1Gi"},
+        },
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "pstyle-retrain-from-feedback"},
+        "spec": {
+            "schedule": LOOP_SCHEDULE,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 600,
+            "jobTemplate": {
+                "spec": {
+                    "backoffLimit": 0,
+                    "template": {"spec": {"restartPolicy": "Never", "containers": [submitter]}},
+                }
+            },
+        },
+    }
+
+
 def manifests() -> dict[str, dict]:
     out = {f"rayjob-{name}.yaml": ray_job(name, entrypoint) for name, entrypoint in JOBS.items()}
     out["rayservice.yaml"] = ray_service()
+    out["raycronjob-retrain-from-feedback.yaml"] = ray_cron_job()
+    out["cronjob-retrain-from-feedback.yaml"] = cron_job()
     return out
 
 

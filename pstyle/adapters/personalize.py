@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -332,8 +332,11 @@ class GroupPersonalizer:
         styles: dict[str, Tensor],
         feedback: dict[str, Feedback | None] | None = None,
         progress: bool = True,
+        on_eval: Callable[[int, int], None] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Train every user's adapter on their `styles` (K, 3, S, S) minus a held-out split.
+
+        `on_eval(step, steps)` runs after every held-out evaluation: a job's progress for its owner.
 
         Returns per user {before, after (held-out SWD/SSIM on the report batch), best_step, steps_run}.
         Early stopping selects on one content batch; before/after are reported on another, so the
@@ -391,6 +394,8 @@ class GroupPersonalizer:
                         active.remove(u)
             mean_style = sum(c[SELECT_ON] for c in current.values()) / len(current)
             bar.set_postfix(active=len(active), style=f"{mean_style:.3f}")
+            if on_eval is not None:
+                on_eval(step, cfg.steps)
             if not active:
                 break
         for u in users:

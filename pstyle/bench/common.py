@@ -16,6 +16,7 @@ from pstyle.bench.reference import AdaINReference, JohnsonReference
 from pstyle.config import ModelConfig
 from pstyle.models import Generator
 from pstyle.models.encoder import CODE_DIM
+from pstyle.models.precision import inference_autocast, inference_input, inference_module
 
 
 def machine_description(device: torch.device) -> dict[str, str | int]:
@@ -62,13 +63,10 @@ def bench_generator(
     """Inference throughput of pstyle's generator and, in the same run, of the AdaIN and Johnson et al.
     reference networks (`pstyle.bench.reference`). On CUDA: bf16 autocast and channels_last, as served."""
     cfg = cfg or ModelConfig()
-    cuda = device.type == "cuda"
     nets: dict[str, nn.Module] = {"pstyle": Generator(cfg)}
     if references:
         nets |= {"adain_vgg19": AdaINReference(), "johnson": JohnsonReference()}
-    nets = {name: net.to(device).eval() for name, net in nets.items()}
-    if cuda:
-        nets = {name: net.to(memory_format=torch.channels_last) for name, net in nets.items()}
+    nets = {name: inference_module(net, device) for name, net in nets.items()}
     rows = []
     for arch, net in nets.items():
         for size in sizes:
@@ -79,7 +77,7 @@ def bench_generator(
                     "arch": arch,
                     "size": size,
                     "batch": batch,
-                    "dtype": "bf16" if cuda else "fp32",
+                    "dtype": "bf16" if device.type == "cuda" else "fp32",
                     "ms_per_batch": seconds * 1e3,
                     "ms_per_image": seconds * 1e3 / batch,
                     "images_per_s": batch / seconds,
@@ -90,10 +88,7 @@ def bench_generator(
 
 def _forward(arch: str, net: nn.Module, batch: int, size: int, device: torch.device) -> Callable[[], object]:
     """One batch's forward pass of `arch`, inputs prepared outside the timed call."""
-    cuda = device.type == "cuda"
-    content = torch.rand(batch, 3, size, size, device=device)
-    if cuda:
-        content = content.contiguous(memory_format=torch.channels_last)
+    content = inference_input(torch.rand(batch, 3, size, size, device=device))
     if arch == "pstyle":
         code, noise = torch.randn(batch, CODE_DIM, device=device), net.make_noise(content, seed=0)
         args: tuple = (content, code, noise)
@@ -103,7 +98,7 @@ def _forward(arch: str, net: nn.Module, batch: int, size: int, device: torch.dev
         args = (content,)
 
     def run() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with inference_autocast(device):
             net(*args)
 
     return run

@@ -10,6 +10,7 @@ from pstyle.cli.adapters import personalize
 from pstyle.cli.bench import bench
 from pstyle.cli.data import data
 from pstyle.cli.demo import demo
+from pstyle.cli.loop import loop
 from pstyle.cli.model import bundle_cmd, config_group, eval_cmd, eval_subjects_cmd, stylize, train_base_cmd
 from pstyle.cli.options import USER_ERRORS
 from pstyle.cli.registry import registry
@@ -23,7 +24,7 @@ def cli() -> None:
 
 
 for command in (data, stylize, train_base_cmd, eval_cmd, eval_subjects_cmd, bundle_cmd, config_group, tune,
-                personalize, registry, users, ab, demo, bench):  # fmt: skip
+                personalize, registry, users, ab, loop, demo, bench):  # fmt: skip
     cli.add_command(command)
 
 

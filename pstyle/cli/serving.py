@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
-from pstyle.cli.options import renamed_option, store_option
+from pstyle.cli.options import job_from_options, job_options, renamed_option, store_option
+from pstyle.config import DecideConfig
 from pstyle.store import open_store
 
 
@@ -33,7 +35,7 @@ def users_create(user_id: str, admin: bool | None, rotate: bool, store_uri: str 
 @click.argument("user_id")
 @store_option()
 def users_revoke(user_id: str, store_uri: str | None) -> None:
-    """Delete USER_ID's API key (servers forget cached verifications within their cache TTL)."""
+    """Delete USER_ID's API key: it stops working on the next request (keys are checked, not cached)."""
     from pstyle.serving.api_keys import ApiKeys
 
     ApiKeys(open_store(store_uri)).revoke(user_id)
@@ -140,3 +142,20 @@ def ab_promote(name: str, force_variant: str | None, min_ratings: int, store_uri
         f"{result['unchanged']} already there, {result['missing']} without {result['ref']!r}"
     )
     click.echo(f"experiment {name} stopped")
+
+
+@ab.command("decide")
+@click.option("--experiment", "name", default=None, help="only this experiment [every running one]")
+@click.option("--dry-run", is_flag=True, help="say what would be done; change nothing, record no look")
+@job_options(DecideConfig)
+@store_option()
+def ab_decide(name: str | None, dry_run: bool, store_uri: str | None, **flags: Any) -> None:
+    """Promote, roll back or keep running each production-vs-candidate experiment: one line each.
+
+    Ratings are tested with alpha spending over the looks taken so far (each run is a look), and a
+    candidate that breaks a guardrail (error rate, p99 latency) is rolled back."""
+    from pstyle.serving.decisions import decide
+
+    cfg = job_from_options(DecideConfig, flags)
+    for decision in decide(open_store(store_uri), cfg, name=name, dry_run=dry_run):
+        click.echo(decision.line())

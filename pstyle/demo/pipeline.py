@@ -224,10 +224,16 @@ def serve_stage(
     users = sorted(state["adapters"]["production"])
     keys = {u: create_user(store_obj, u) for u in users}
     content = list_images(out / "data" / "content" / "images")[:4]
+    styles = sorted(p for p in (out / "data" / "styles").iterdir() if p.is_dir())
+    newcomer_styles = next((p for p in styles if p.name not in users), styles[-1])  # no adapter either way
     spec = {
         "store": store,
         "size": plan.image_size,
         "keys": keys,
+        "newcomer": {
+            "key": create_user(store_obj, f"{run}-newcomer"),
+            "styles": [str(p) for p in list_images(newcomer_styles)],
+        },
         "admin_key": create_user(store_obj, f"{run}-admin", admin=True),
         "content": [str(p) for p in content],
         "manifest": state["manifest"],

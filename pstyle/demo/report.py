@@ -25,7 +25,7 @@ from pstyle.config import ServeConfig
 from pstyle.data.folders import ContentFolder
 from pstyle.data.photos import photo_crops
 from pstyle.distributed.adapter_jobs import user_split
-from pstyle.images import save_image
+from pstyle.images import open_image, save_image, to_tensor
 from pstyle.quality.baselines import identity, reinhard
 from pstyle.quality.metrics import diversity, ssim, style_distance, swd
 from pstyle.serving.experiments import format_report
@@ -74,6 +74,9 @@ def write_report(out: Path, store: str, state: dict[str, Any], timings: dict[str
         img(pareto_png, "Pareto front"),
         trials_table(trials, state["tune"]),
         "<h2>Serving</h2>",
+        newcomer_section(
+            serving["newcomer"], out / "served" / "newcomer.png", figures / "newcomer.png", size
+        ),
         serving_summary(serving),
         img(latency_png, "latency histogram"),
         "<h2>A/B experiment</h2>",
@@ -197,6 +200,20 @@ def trials_table(trials: list[dict[str, Any]], tune: dict[str, Any]) -> str:
     chosen = ", ".join(f"{k} = {v:.3g}" for k, v in tune["chosen"].items())
     return f"<p>Chosen (base v{tune['version']}): {html.escape(chosen)}</p>" + table(
         ["trial", "status", "iterations", "SWD", "SSIM", "score", *keys], rows
+    )
+
+
+def newcomer_section(newcomer: dict[str, Any], served: Path, path: Path, size: int) -> str:
+    """A new user's first result, zero-shot from the base: content, their style images, the output."""
+    images = [newcomer["content"], *newcomer["styles"][:4], served]
+    save_image(torch.stack([to_tensor(open_image(p), size) for p in images]), path, nrow=len(images))
+    return (
+        "<h3>A new user's first result</h3>"
+        f"<p>No adapter yet: the base model renders with the code of the {len(newcomer['styles'])} "
+        "style images they uploaded (content, style images, output). "
+        f"First request {newcomer['first_ms']:.0f} ms, "
+        f"the same again with the style code cached {newcomer['cached_ms']:.0f} ms.</p>"
+        + img(path, "newcomer")
     )
 
 

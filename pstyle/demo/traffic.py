@@ -3,6 +3,8 @@
 `pstyle demo` runs this in a subprocess (the core never imports `serve/`), on the demo's Ray cluster:
 
 1. deploy the Serve app (`serve.app.build_app`) with the demo's store, HTTP on 127.0.0.1;
+   a new user with no adapter uploads a style set and gets their first image zero-shot, from the
+   base (`<out>/served/newcomer.png`), then the same request again (its style code now cached);
 2. every user stylizes the demo content images with their own API key (their `production` adapter);
 3. an admin starts an A/B experiment over HTTP (`production` vs `candidate` adapter, the cohort
    split by `pstyle.serving.experiments.assign`); the cohort sends traffic and rates every image it gets;
@@ -98,6 +100,21 @@ def request_row(user: str, response: requests.Response, seconds: float, stage: s
     }
 
 
+def first_result(client: Client, styles: list[str], content: str, out: Path) -> dict[str, Any]:
+    """A new user's first minute: upload a style set, stylize (zero-shot), stylize again."""
+    files = [("style", (Path(p).name, Path(p).read_bytes())) for p in styles]
+    image = Path(content).read_bytes()
+    client.call("PUT", "/v1/me/styles", files=files)
+    latencies = []
+    for _ in range(2):
+        response, seconds = client.stylize(image, seed=0)
+        if response.status_code != 200 or response.headers["X-Adapter-Version"] != "base":
+            raise RuntimeError(f"newcomer: HTTP {response.status_code} {response.text[:300]}")
+        latencies.append(1e3 * seconds)
+    (out / "served" / "newcomer.png").write_bytes(response.content)
+    return {"styles": styles, "content": content, "first_ms": latencies[0], "cached_ms": latencies[1]}
+
+
 def drive(spec: dict[str, Any], url: str, out: Path) -> dict[str, Any]:
     """Stages 2-4 against a running app at `url`; returns what `serving.json` holds."""
     images = [Path(p).read_bytes() for p in spec["content"]]
@@ -106,6 +123,9 @@ def drive(spec: dict[str, Any], url: str, out: Path) -> dict[str, Any]:
     rater = Rater(spec["store"], spec["manifest"], list(spec["keys"]), spec["size"])
     rows: list[dict[str, Any]] = []
     (out / "served").mkdir(parents=True, exist_ok=True)
+    newcomer = first_result(
+        Client(url, spec["newcomer"]["key"]), spec["newcomer"]["styles"], spec["content"][0], out
+    )
 
     for user, client in clients.items():  # stage 2: each user's production adapter
         distances = []
@@ -135,6 +155,7 @@ def drive(spec: dict[str, Any], url: str, out: Path) -> dict[str, Any]:
         "url": url,
         "requests": rows,
         "reference_swd": rater.reference,
+        "newcomer": newcomer,
         "ab_report": report,
         "cache": admin.call("GET", "/v1/admin/stats"),
     }

@@ -39,10 +39,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +63,11 @@ from pstyle.ids import validate_id
 from pstyle.images import ImageError, list_images, open_image, to_tensor
 from pstyle.ratings import parse_rating, rating_weight
 from pstyle.store import KeyNotFound, Store, check_key, open_store
+from pstyle.store.layout import ADAPTER_JOBS_PREFIX, adapter_progress_key, adapter_record_key
 from pstyle.store.registry import CANDIDATE_ALIAS, parse_ref
 
 MANIFEST_FORMAT = "pstyle-users/1"
 MANIFEST_PREFIX = "manifests"
-JOBS_PREFIX = "jobs/adapters"  # <job>/users/<user>.json records, <job>/summary.json
 STORAGE_PREFIX = "ray/adapters"  # Ray Train's run storage
 
 Log = Callable[[str], None]
@@ -134,7 +136,12 @@ def build_manifest(store: Store, folder: Path, name: str | None = None) -> str:
         users[user] = entry
     if not users:
         raise ValueError(f"{folder}: no user folders (<user>/*.png)")
-    key = f"{MANIFEST_PREFIX}/{name}.json"
+    return save_manifest(store, name, users)
+
+
+def save_manifest(store: Store, name: str, users: dict[str, Any]) -> str:
+    """Write a manifest of `users` ({user: entry}) under `name`; returns its store key."""
+    key = f"{MANIFEST_PREFIX}/{validate_id(name, 'manifest name')}.json"
     store.put_bytes(key, json.dumps({"format": MANIFEST_FORMAT, "users": users}, indent=1).encode())
     return key
 
@@ -184,6 +191,11 @@ class UserData:
     styles: torch.Tensor  # (K, 3, S, S), the valid style images
     feedback: Feedback | None
     bad_images: list[str]  # "key: reason" for every style or feedback image that could not be used
+
+    def to(self, device: torch.device | str) -> UserData:
+        fb = self.feedback
+        feedback = None if fb is None else Feedback(fb.images.to(device), fb.weights.to(device))
+        return UserData(self.styles.to(device), feedback, self.bad_images)
 
 
 def load_user_data(store: Store, user: str, entry: Any, size: int, holdout: int) -> UserData:
@@ -256,7 +268,7 @@ class AdapterJob:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
 
     def record_key(self, user: str) -> str:
-        return f"{JOBS_PREFIX}/{self.name}/users/{validate_id(user)}.json"
+        return adapter_record_key(self.name, user)
 
 
 def fetch_base(store: Store, name: str, version: int) -> Path:
@@ -268,9 +280,14 @@ def fetch_base(store: Store, name: str, version: int) -> Path:
 
 
 def train_users(
-    job: AdapterJob, entries: dict[str, Any], worker: int = 0, log: Log = print
+    job: AdapterJob,
+    entries: dict[str, Any],
+    worker: int = 0,
+    log: Log = print,
+    device: torch.device | str = "cpu",
 ) -> dict[str, dict]:
-    """Train, publish and record `entries`' users (the body of one worker; also runs without Ray).
+    """Train, publish and record `entries`' users (the body of one worker; also runs without Ray)
+    on `device` (a Ray Train worker passes the one Ray assigned it).
 
     Returns {user: record}; users with a record from an earlier attempt are not trained again."""
     from pstyle.config import PStyleConfig
@@ -290,14 +307,14 @@ def train_users(
             todo.append(user)
     if not todo:
         return records
-    base, meta = load_checkpoint(fetch_base(store, job.base_name, job.base_version))
+    base, meta = load_checkpoint(fetch_base(store, job.base_name, job.base_version), device)
     base_config = PStyleConfig.from_dict(meta["config"])
     size = base_config.train.image_size
-    content = scene_tensors(job.n_content, size)
+    content = scene_tensors(job.n_content, size).to(device)
     data: dict[str, UserData] = {}
     for user in todo:
         try:
-            data[user] = load_user_data(store, user, entries[user], size, cfg.holdout)
+            data[user] = load_user_data(store, user, entries[user], size, cfg.holdout).to(device)
         except UserDataError as exc:
             records[user] = _write_record(store, job, user, {"status": "skipped", "reason": str(exc)})
             log(f"[worker {worker}] skipped {user}: {exc}")
@@ -313,6 +330,7 @@ def train_users(
                 {u: data[u].styles for u in group},
                 {u: data[u].feedback for u in group},
                 progress=False,
+                on_eval=partial(_write_progress, store, job, group),
             )
         except Exception as exc:  # one group's failure (a diverged fit, OOM...) must not fail the others
             for user in group:
@@ -360,6 +378,12 @@ def _read_record(store: Store, job: AdapterJob, user: str) -> dict | None:
         return None
 
 
+def _write_progress(store: Store, job: AdapterJob, users: list[str], step: int, total: int) -> None:
+    for user in users:
+        progress = json.dumps({"step": step, "total": total}).encode()
+        store.put_bytes(adapter_progress_key(job.name, user), progress)
+
+
 def _write_record(store: Store, job: AdapterJob, user: str, record: dict) -> dict:
     record = {"user": user, **record}
     store.put_bytes(job.record_key(user), json.dumps(record).encode())
@@ -367,15 +391,18 @@ def _write_record(store: Store, job: AdapterJob, user: str, record: dict) -> dic
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """One Ray Train worker: users[rank::world] of the job, `threads` torch threads."""
+    """One Ray Train worker: users[rank::world] of the job, `threads` torch threads, on the device
+    Ray Train assigned (its GPU when the job asked for GPUs, else the CPU)."""
     import ray.train
+    import ray.train.torch
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(int(loop_config["threads"]))
     job = AdapterJob(**loop_config["job"])
     users = sorted(loop_config["users"])[rank::world]
-    records = train_users(job, {u: loop_config["users"][u] for u in users}, worker=rank)
+    entries = {u: loop_config["users"][u] for u in users}
+    records = train_users(job, entries, worker=rank, device=ray.train.torch.get_device())
     published = sum(r["status"] == "published" for r in records.values())
     ray.train.report({"rank": rank, "users": len(records), "published": published})
 
@@ -420,9 +447,10 @@ def run_adapter_job(
             records[user] = {"user": user, "status": "skipped", "reason": str(exc)}
     log(f"job {job.name}: {len(trainable)} users on base {base_name} v{version.number}, {workers} workers")
     started = time.perf_counter()
+    gpus_per_worker = 0.0
     if trainable:
         workers_used = min(workers, len(trainable))
-        _fit_on_ray(job, trainable, workers_used, cpus_per_worker, spec.max_failures, spec.ray_address)
+        gpus_per_worker = _fit_on_ray(job, trainable, workers_used, spec, log)
     wall = time.perf_counter() - started
     for user in trainable:
         record = _read_record(store_obj, job, user)
@@ -431,43 +459,69 @@ def run_adapter_job(
             "status": "failed",
             "reason": "no result: the worker was lost",
         }
-    summary = summarize(job, source, records, wall, workers, cpus_per_worker)
-    store_obj.put_bytes(f"{JOBS_PREFIX}/{job.name}/summary.json", json.dumps(summary, indent=1).encode())
+    summary = summarize(job, source, records, wall, workers, cpus_per_worker, gpus_per_worker)
+    summary_key = f"{ADAPTER_JOBS_PREFIX}/{job.name}/summary.json"
+    store_obj.put_bytes(summary_key, json.dumps(summary, indent=1).encode())
     if spec.summary is not None:
         Path(spec.summary).write_text(json.dumps(summary, indent=1))
     log(format_summary(summary))
     return summary
 
 
+def worker_resources(workers: int, cpus: float, gpus: float | None, cluster_gpus: float) -> dict[str, float]:
+    """Ray Train's `resources_per_worker` for an adapter job (`use_gpu` is whether it holds a "GPU").
+
+    `gpus` None means: what the cluster has. One GPU per worker, as `use_gpu=True` asks, when there
+    are as many GPUs as workers; with fewer, equal shares of 1/k that pack k workers on each GPU (a
+    job asking for more whole GPUs than exist would wait forever); none on a CPU-only cluster. A
+    cluster whose GPU nodes autoscale from zero shows no GPUs yet: ask for them explicitly there."""
+    if gpus is None:
+        whole = int(cluster_gpus)
+        gpus = 0.0 if whole == 0 else 1.0 / math.ceil(workers / whole)
+    gpus = math.floor(gpus * 10_000) / 10_000  # Ray's precision for fractional resources
+    return {"CPU": cpus, "GPU": gpus} if gpus > 0 else {"CPU": cpus}
+
+
 def _fit_on_ray(
-    job: AdapterJob,
-    entries: dict[str, Any],
-    workers: int,
-    cpus_per_worker: float,
-    max_failures: int,
-    ray_address: str | None,
-) -> None:
+    job: AdapterJob, entries: dict[str, Any], workers: int, spec: AdapterJobConfig, log: Log
+) -> float:
+    """Run the job's Ray Train workers; returns the GPUs each worker held."""
+    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    ensure_ray(ray_address)
+    ensure_ray(spec.ray_address)
+    resources = worker_resources(
+        workers, spec.cpus_per_worker, spec.gpus_per_worker, ray.cluster_resources().get("GPU", 0)
+    )
+    log(f"job {job.name}: {workers} workers with {resources} each")
     storage_path, filesystem = open_store(job.store).arrow_storage(STORAGE_PREFIX)
+    threads = max(1, int(spec.cpus_per_worker))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": asdict(job), "users": entries, "threads": max(1, int(cpus_per_worker))},
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus_per_worker}),
+        train_loop_config={"job": asdict(job), "users": entries, "threads": threads},
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu="GPU" in resources, resources_per_worker=resources
+        ),
         run_config=RunConfig(
             name=job.name,
             storage_path=storage_path,
             storage_filesystem=filesystem,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
         ),
     )
     trainer.fit()
+    return resources.get("GPU", 0.0)
 
 
 def summarize(
-    job: AdapterJob, source: str, records: dict[str, dict], wall: float, workers: int, cpus_per_worker: float
+    job: AdapterJob,
+    source: str,
+    records: dict[str, dict],
+    wall: float,
+    workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
 ) -> dict[str, Any]:
     by_status: dict[str, list[str]] = {"published": [], "skipped": [], "failed": []}
     for user, record in sorted(records.items()):
@@ -479,6 +533,7 @@ def summarize(
         "base": {"name": job.base_name, "version": job.base_version},
         "workers": workers,
         "cpus_per_worker": cpus_per_worker,
+        "gpus_per_worker": gpus_per_worker,
         "group_size": job.group_size,
         "forward": job.forward,
         "wall_seconds": wall,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 
@@ -18,14 +20,40 @@ def ensure_ray(address: str | None = None, **options: Any) -> None:
         return
     if address == "local":
         options.setdefault("include_dashboard", False)
+        options.setdefault("_node_ip_address", "127.0.0.1")
     ray.init(address=address, **options)
 
 
+RAY_WORKER_PORTS_END = 20000  # Ray's workers take ports 10002-19999 by default
+_ports = random.SystemRandom()
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for port-0 binds and outgoing connections (Linux; IANA's elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for a server this process is about to start)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1 now, for a server this process is about to start.
+
+    Drawn between Ray's worker ports and the ephemeral range: a port the kernel handed out for a
+    bind(0) would be free again once we closed it, and any of Ray's many sockets could take it before
+    our server binds it.
+    """
+    end = max(ephemeral_ports()[0], RAY_WORKER_PORTS_END + 1000)
+    for _ in range(200):
+        port = _ports.randrange(RAY_WORKER_PORTS_END, end)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in [{RAY_WORKER_PORTS_END}, {end}) on 127.0.0.1")
 
 
 @contextmanager

@@ -13,6 +13,10 @@ The serving side logs `exposure` events (experiment, variant, latency_ms, error)
 `feedback` events (experiment, variant, rating 1-5) through `pstyle.store.events.EventLog`; `report`
 reads them back. Its test treats each rating as an independent sample: a user who rates a lot
 weighs more than one who rates once.
+
+A stopped experiment may carry its `decision` (promoted, rolled_back) and the `reason`, written once
+by whoever stopped it (`promote`, `pstyle.serving.decisions`); records written before these fields
+existed read back with both None.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "experiments"
 STATUSES = ("running", "stopped")
+PROMOTED, ROLLED_BACK = "promoted", "rolled_back"  # decisions recorded on a stopped experiment
 MIN_RATINGS = 30
 ALPHA = 0.05
 VERSION = re.compile(r"[1-9][0-9]{0,8}")
@@ -79,6 +84,8 @@ class Experiment:
     users: tuple[str, ...] | None = None
     status: str = "running"
     created: float = field(default_factory=time.time)
+    decision: str | None = None  # set when stopped by a decision: promoted, rolled_back
+    reason: str | None = None  # why, in words (the test, the guardrail)
     _members: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -115,6 +122,8 @@ class Experiment:
             "users": list(self.users) if self.users is not None else None,
             "status": self.status,
             "created": self.created,
+            "decision": self.decision,
+            "reason": self.reason,
         }
 
     @classmethod
@@ -127,6 +136,8 @@ class Experiment:
             users=tuple(users) if users is not None else None,
             status=data.get("status", "running"),
             created=data["created"] if "created" in data else time.time(),  # absent: a new experiment
+            decision=data.get("decision"),
+            reason=data.get("reason"),
         )
 
 
@@ -196,13 +207,30 @@ class ExperimentStore:
             if key.endswith(".json") and "/" not in key[len(prefix) :]
         ]
 
-    def stop(self, name: str) -> Experiment:
-        """Mark the experiment stopped (idempotent); its events and record stay for reports."""
+    def stop(self, name: str, decision: str | None = None, reason: str | None = None) -> Experiment:
+        """Mark the experiment stopped, with the decision and reason if given (idempotent: a stopped
+        experiment keeps the first ones); its events and record stay for reports."""
         exp = self.get(name)
         if exp.status != "stopped":
-            exp = Experiment.from_dict({**exp.to_dict(), "status": "stopped"})
-            self.store.put_bytes(self._key(name), json.dumps(exp.to_dict()).encode())
+            exp = self._put({**exp.to_dict(), "status": "stopped", "decision": decision, "reason": reason})
         self._invalidate()
+        return exp
+
+    def add_users(self, name: str, users: Sequence[str]) -> Experiment:
+        """Widen a running experiment's user list (existing members keep their variant: assignment is
+        per user). Read-modify-write: one writer at a time per experiment."""
+        exp = self.get(name)
+        if exp.status != "running" or exp.users is None:
+            raise ExperimentError(f"experiment {name!r} is not a running experiment with a user list")
+        new = [u for u in dict.fromkeys(users) if not exp.eligible(u)]
+        if new:
+            exp = self._put({**exp.to_dict(), "users": [*exp.users, *new]})
+            self._invalidate()
+        return exp
+
+    def _put(self, data: dict[str, Any]) -> Experiment:
+        exp = Experiment.from_dict(data)
+        self.store.put_bytes(self._key(exp.name), json.dumps(exp.to_dict()).encode())
         return exp
 
     def active_for(self, user_id: str) -> list[Experiment]:
@@ -262,7 +290,7 @@ def _rating_stats(ratings: Sequence[float]) -> dict[str, Any]:
     return {"ratings": n, "rating_mean": mean, "rating_std": std, "rating_ci95": [mean - half, mean + half]}
 
 
-def _compare(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     """Welch's t-test and Mann-Whitney U between two rating samples (two-sided)."""
     from scipy import stats
 
@@ -287,53 +315,71 @@ def _events(store: Store, kind: str, exp: Experiment) -> list[dict[str, Any]]:
     return [e for e in read_events(store, kind, start=start, end=end) if e.get("experiment") == exp.name]
 
 
+@dataclass
+class Arm:
+    """One variant's samples from the event log: what `report` summarises and decisions test."""
+
+    exposures: int = 0
+    errors: int = 0
+    users: set[str] = field(default_factory=set)
+    latencies: list[float] = field(default_factory=list)  # ms, finite values only
+    ratings: list[float] = field(default_factory=list)
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.exposures if self.exposures else None
+
+
+def arms(store: Store, exp: Experiment) -> tuple[dict[str, Arm], int]:
+    """({variant: Arm}, how many events named no variant of `exp` or carried no valid rating)."""
+    out = {v.name: Arm() for v in exp.variants}
+    ignored = 0
+    for e in _events(store, "exposure", exp):
+        arm, latency = out.get(e.get("variant")), e.get("latency_ms")
+        if arm is None:
+            ignored += 1
+            continue
+        arm.exposures += 1
+        arm.users.add(e["user_id"])
+        arm.errors += bool(e.get("error", False))
+        if isinstance(latency, int | float) and not isinstance(latency, bool) and math.isfinite(latency):
+            arm.latencies.append(float(latency))
+    for e in _events(store, "feedback", exp):
+        arm, rating = out.get(e.get("variant")), parse_rating(e.get("rating"))
+        if arm is None or rating is None:
+            ignored += 1
+            continue
+        arm.ratings.append(rating)
+    return out, ignored
+
+
 def report(store: Store, name: str, min_ratings: int = MIN_RATINGS, alpha: float = ALPHA) -> dict[str, Any]:
     """Per-variant exposures, users, errors, latency and ratings (mean, 95% t CI), a test between the
     two variants with the most ratings, and a verdict. JSON-serializable."""
     exp = ExperimentStore(store).get(name)
     names = [v.name for v in exp.variants]
-    exposures = dict.fromkeys(names, 0)
-    errors = dict.fromkeys(names, 0)
-    users: dict[str, set[str]] = {v: set() for v in names}
-    latencies: dict[str, list[float]] = {v: [] for v in names}
-    ratings: dict[str, list[float]] = {v: [] for v in names}
-    ignored = 0
-    for e in _events(store, "exposure", exp):
-        variant, latency = e.get("variant"), e.get("latency_ms")
-        if variant not in exposures:
-            ignored += 1
-            continue
-        exposures[variant] += 1
-        users[variant].add(e["user_id"])
-        errors[variant] += bool(e.get("error", False))
-        if isinstance(latency, int | float) and not isinstance(latency, bool) and math.isfinite(latency):
-            latencies[variant].append(float(latency))
-    for e in _events(store, "feedback", exp):
-        variant, rating = e.get("variant"), parse_rating(e.get("rating"))
-        if variant not in ratings or rating is None:
-            ignored += 1
-            continue
-        ratings[variant].append(rating)
+    samples, ignored = arms(store, exp)
+    ratings = {n: samples[n].ratings for n in names}
 
     variants = {}
     for v in exp.variants:
-        lat = latencies[v.name]
+        arm = samples[v.name]
         variants[v.name] = {
             "ref": v.ref,
             "weight": v.weight,
-            "exposures": exposures[v.name],
-            "users": len(users[v.name]),
-            "errors": errors[v.name],
-            "error_rate": errors[v.name] / exposures[v.name] if exposures[v.name] else None,
-            "latency_ms_mean": sum(lat) / len(lat) if lat else None,
-            **_rating_stats(ratings[v.name]),
+            "exposures": arm.exposures,
+            "users": len(arm.users),
+            "errors": arm.errors,
+            "error_rate": arm.error_rate,
+            "latency_ms_mean": sum(arm.latencies) / len(arm.latencies) if arm.latencies else None,
+            **_rating_stats(arm.ratings),
         }
 
     # The two best-populated variants (by ratings; declaration order breaks ties).
     a, b = sorted(names, key=lambda n: -len(ratings[n]))[:2]
     test = None
     if len(ratings[a]) >= 2 and len(ratings[b]) >= 2:
-        test = {"variants": [a, b], **_compare(ratings[a], ratings[b])}
+        test = {"variants": [a, b], **compare(ratings[a], ratings[b])}
     winner = None
     if test is None or min(len(ratings[a]), len(ratings[b])) < min_ratings:
         verdict = "not enough data"
@@ -403,9 +449,11 @@ def promote(
     force_variant: str | None = None,
     min_ratings: int = MIN_RATINGS,
     alias: str = PRODUCTION_ALIAS,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """Move `alias` (production) of every exposed user to the winning variant's version, then stop the
-    experiment. Without a winner (see `report`) this refuses unless `force_variant` names one.
+    experiment with decision `promoted` and `reason` (default: the verdict). Without a winner (see
+    `report`) this refuses unless `force_variant` names one.
 
     Users whose adapter has no such ref (e.g. no `candidate`) are skipped and listed as missing.
     Idempotent: a run cut short can be repeated, users already moved are left alone. Each move is one
@@ -439,7 +487,7 @@ def promote(
             continue
         registry.set_alias("adapter", user, alias, target)
         moved[user] = [current, target]
-    experiments.stop(name)
+    experiments.stop(name, decision=PROMOTED, reason=reason or verdict)
     return {
         "experiment": name,
         "variant": variant.name,

@@ -6,6 +6,10 @@ adapter reference (an alias such as `production`, or a version from an A/B varia
 resolves it through the registry with a TTL cache (new versions and rollbacks land within
 `alias_ttl_s`), loads the adapter into its AdapterBank on first use (an LRU over device slots, then
 host memory), and runs the batch through the bank in one forward whatever users it mixes.
+
+A user without an adapter is rendered zero-shot: the base generator with the style code of their
+stored style set (`pstyle.serving.style_sets`), or of style images sent with the request. Codes are
+cached per (user, set digest), so only a user's first request after changing their set encodes it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import copy
 import tempfile
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,11 +33,16 @@ from pstyle.config import ServeConfig
 from pstyle.ids import validate_id
 from pstyle.images import open_image, resize_shorter_side, to_tensor
 from pstyle.models.generator import DOWNSAMPLING
+from pstyle.models.precision import inference_autocast, inference_input, inference_module
 from pstyle.serving.regions import region_masks
+from pstyle.serving.style_sets import StyleSet, StyleSets
 from pstyle.serving.stylize import fit_to_stride
 from pstyle.store import open_store
 from pstyle.store.registry import PRODUCTION_ALIAS, Registry, RegistryError
 from pstyle.training.checkpoint import fingerprint, load_checkpoint
+
+BASE_VERSION = "base"  # what a zero-shot render reports as its adapter version
+NO_STYLE = "upload 1-16 style images to PUT /v1/me/styles (or send `style` files with the request)"
 
 
 class NoAdapter(LookupError):
@@ -48,12 +60,14 @@ class StylizeRequest:
     seed: int = 0
     region: str = "all"
     mask: Tensor | None = None  # (1, H, W) when region == "mask"
+    styles: Tensor | None = None  # (K, 3, S, S) sent with the request: zero-shot, overrides the adapter
+    styles_digest: str = ""  # of the sent style files: their code-cache key
 
 
 @dataclass
 class StylizeResult:
     image: Tensor | None  # (3, H, W) in [0, 1]; None when `error` says why
-    version: int | None = None
+    version: int | str | None = None  # adapter version, or BASE_VERSION for a zero-shot render
     error: str | None = None
 
 
@@ -61,7 +75,7 @@ def prepare_image(data: bytes, name: str, size: int, config: ServeConfig) -> Ten
     """Decode an upload (ImageError on anything unusable), resize its shorter side, fit the stride."""
     if size < 32 or size > config.max_size or size % DOWNSAMPLING:
         raise ValueError(f"size must be a multiple of {DOWNSAMPLING} in [32, {config.max_size}], got {size}")
-    image = open_image(data, name, max_pixels=config.max_pixels, single_frame=True)
+    image = open_image(data, name, max_pixels=config.max_pixels, single_frame=True, draft_side=size)
     return fit_to_stride(to_tensor(resize_shorter_side(image, size)))
 
 
@@ -77,11 +91,12 @@ class AdapterServer:
         model, _ = load_checkpoint(
             self.registry.fetch(base, Path(self._cache_dir.name) / "base"), self.device
         )
-        self.model = model.eval()
+        self.model = inference_module(model, self.device)
         self.base_version = base.number
         self.fingerprint = fingerprint(model)
+        self.style_sets = StyleSets(self.registry.store)
         self.bank = AdapterBank(
-            copy.deepcopy(model.generator),
+            inference_module(copy.deepcopy(model.generator), self.device),
             capacity_bytes=config.device_cache_bytes,
             device=self.device,
             config=AdapterConfig(),
@@ -89,8 +104,11 @@ class AdapterServer:
             grouped_max_fraction=config.grouped_max_fraction,
         )
         self._aliases: dict[tuple[str, str], tuple[int, float]] = {}  # (user, ref) -> (version, expiry)
+        self._sets: dict[str, tuple[StyleSet, float]] = {}  # user -> (style set, expiry)
+        self._codes: OrderedDict[tuple[str, str], Tensor] = OrderedDict()  # (user, set digest) -> code
         self._lock = threading.Lock()
         self.hits = self.misses = 0
+        self.code_hits = self.code_misses = 0
         self.cold_load_s: list[float] = []
 
     def reconfigure(self, config: ServeConfig) -> None:
@@ -99,6 +117,7 @@ class AdapterServer:
         self.config = config
         self.bank.set_path_rule(config.grouped_max_fraction)
         self._aliases.clear()
+        self._sets.clear()
 
     def resolve(self, user_id: str, ref: str) -> int:
         """The adapter version `ref` names for the user, cached for `alias_ttl_s`."""
@@ -135,33 +154,78 @@ class AdapterServer:
     def run(self, requests: list[StylizeRequest]) -> list[StylizeResult]:
         """Render a batch of any users; a request that cannot be served gets its error, not the batch's."""
         results: list[StylizeResult | None] = [None] * len(requests)
-        keyed: list[tuple[int, str, int]] = []
+        planned: list[tuple[int, str | None, Tensor, int | str]] = []  # (index, bank key, code, version)
         with self._lock:
             for i, req in enumerate(requests):
                 try:
-                    version = self.resolve(req.user_id, req.ref)
-                    keyed.append((i, self.ensure(req.user_id, version), version))
+                    planned.append((i, *self._plan(req)))
                 except (NoAdapter, RegistryError, ValueError) as exc:
                     results[i] = StylizeResult(None, error=str(exc))
-            groups: dict[tuple, list[tuple[int, str, int]]] = {}
-            for item in keyed:  # one forward per image shape and masking mode, users mixed freely
+            groups: dict[tuple, list[tuple[int, str | None, Tensor, int | str]]] = {}
+            for item in planned:  # one forward per image shape and masking mode, users mixed freely
                 req = requests[item[0]]
                 groups.setdefault((tuple(req.image.shape), req.region != "all"), []).append(item)
             for items in groups.values():
-                batch = [requests[i] for i, _, _ in items]
-                images = self._forward(batch, [key for _, key, _ in items])
-                for (i, _, version), image in zip(items, images, strict=True):
+                batch = [requests[i] for i, *_ in items]
+                codes = torch.stack([code for _, _, code, _ in items])
+                images = self._forward(batch, [key for _, key, _, _ in items], codes)
+                for (i, _, _, version), image in zip(items, images, strict=True):
                     results[i] = StylizeResult(image, version)
         return [r for r in results if r is not None]
 
-    def _forward(self, requests: list[StylizeRequest], keys: list[str]) -> Tensor:
-        content = torch.stack([r.image for r in requests]).to(self.device)
-        codes = torch.stack([self.bank.style_code(k) for k in keys])
+    def _plan(self, req: StylizeRequest) -> tuple[str | None, Tensor, int | str]:
+        """(bank key or None for the bare base, style code, reported version) for one request: the
+        request's own style files, else the user's adapter, else their stored style set."""
+        if req.styles is not None:
+            return None, self._code(req.user_id, req.styles_digest, lambda: req.styles), BASE_VERSION
+        try:
+            version = self.resolve(req.user_id, req.ref)
+        except NoAdapter as exc:
+            style_set = self.style_set(req.user_id)
+            if style_set is None:
+                raise NoAdapter(f"{exc} and no style set: {NO_STYLE}") from None
+            load = partial(self.style_sets.load, style_set, self.config.style_size)
+            return None, self._code(req.user_id, style_set.digest, load), BASE_VERSION
+        key = self.ensure(req.user_id, version)
+        return key, self.bank.style_code(key), version
+
+    def style_set(self, user_id: str) -> StyleSet | None:
+        """The user's stored style set, cached for `alias_ttl_s` like their adapter aliases (a new set
+        lands within it). Absence is not cached: a user's first upload serves at once."""
+        now = time.monotonic()
+        cached = self._sets.get(user_id)
+        if cached and cached[1] > now:
+            return cached[0]
+        if len(self._sets) >= self.config.code_cache_entries:
+            self._sets.clear()
+        style_set = self.style_sets.get(user_id)
+        if style_set is not None:
+            self._sets[user_id] = (style_set, now + self.config.alias_ttl_s)
+        return style_set
+
+    def _code(self, user_id: str, digest: str, styles: Callable[[], Tensor]) -> Tensor:
+        """The style code of a user's style images, from the LRU cache or encoded now."""
+        cache_key = (user_id, digest)
+        if cache_key in self._codes:
+            self.code_hits += 1
+            self._codes.move_to_end(cache_key)
+            return self._codes[cache_key]
+        self.code_misses += 1
+        with inference_autocast(self.device):
+            code = self.model.encoder(inference_input(styles().to(self.device)))[0].float()
+        self._codes[cache_key] = code
+        while len(self._codes) > self.config.code_cache_entries:
+            self._codes.popitem(last=False)
+        return code
+
+    def _forward(self, requests: list[StylizeRequest], keys: list[str | None], codes: Tensor) -> Tensor:
+        content = inference_input(torch.stack([r.image for r in requests]).to(self.device))
         noise = torch.cat([self.model.generator.make_noise(content[:1], seed=r.seed) for r in requests])
         strength = torch.tensor([r.strength for r in requests], device=self.device).view(-1, 1, 1, 1)
         mask = region_masks([r.region for r in requests], content, [r.mask for r in requests])
-        out = self.bank.forward_auto(content, codes, noise, keys, strength=strength, mask=mask)
-        return out.clamp(0, 1).cpu()
+        with inference_autocast(self.device):
+            out = self.bank.forward_auto(content, codes, noise, keys, strength=strength, mask=mask)
+        return out.float().clamp(0, 1).cpu()
 
     def stats(self) -> dict[str, float]:
         total = self.hits + self.misses
@@ -171,6 +235,8 @@ class AdapterServer:
             "misses": self.misses,
             "hit_rate": self.hits / total if total else 0.0,
             "cold_load_ms_p50": 1e3 * cold[len(cold) // 2] if cold else 0.0,
+            "style_code_hits": self.code_hits,
+            "style_code_misses": self.code_misses,
             "resident_adapters": len(self.bank.resident),
             "spilled_adapters": len(self.bank.spilled),
         }

@@ -21,11 +21,12 @@ from pstyle.store import KeyExists, Store
 SECRET_KEY = "serve/image-id-secret"
 
 
-def load_secret(store: Store) -> bytes:
-    """The deployment's signing secret, created once (create-if-absent: replicas agree on it)."""
+def load_secret(store: Store, key: str = SECRET_KEY) -> bytes:
+    """A deployment secret (by default the image-id signing one), created once under `key`
+    (create-if-absent: replicas agree on it). Each use names its own key, so no two share one."""
     with contextlib.suppress(KeyExists):
-        store.put_bytes(SECRET_KEY, secrets.token_bytes(32), if_absent=True)
-    return store.get_bytes(SECRET_KEY)
+        store.put_bytes(key, secrets.token_bytes(32), if_absent=True)
+    return store.get_bytes(key)
 
 
 class ImageIds:
