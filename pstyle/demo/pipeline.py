@@ -195,9 +195,9 @@ def balanced_experiment(users: list[str], run: str) -> dict[str, Any]:
     that splits them evenly (arm sizes differ by at most one)."""
     from collections import Counter
 
-    from pstyle.serving.experiments import Experiment, Variant, assign
+    from pstyle.serving.experiments import Experiment, assign, production_vs_candidate
 
-    variants = (Variant(PRODUCTION_ALIAS, PRODUCTION_ALIAS), Variant(CANDIDATE_ALIAS, CANDIDATE_ALIAS))
+    variants = production_vs_candidate()
     for attempt in range(1000):
         exp = Experiment(f"{run}-ab{attempt}", variants, users=tuple(users))
         sizes = Counter(assign(exp, u).name for u in users)

@@ -38,14 +38,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pstyle.config import AdapterJobConfig, LoopConfig, PersonalizeConfig
-from pstyle.distributed.adapter_jobs import MANIFEST_FORMAT, MANIFEST_PREFIX, Log, run_adapter_job
+from pstyle.distributed.adapter_jobs import Log, run_adapter_job, save_manifest
 from pstyle.ratings import parse_rating
 from pstyle.serving.decisions import decide
-from pstyle.serving.experiments import Experiment, ExperimentStore, Variant, assign
+from pstyle.serving.experiments import Experiment, ExperimentStore, assign, production_vs_candidate
 from pstyle.serving.style_sets import StyleSetError, user_entry
 from pstyle.store import KeyNotFound, Store, open_store
 from pstyle.store.events import read_events
-from pstyle.store.registry import CANDIDATE_ALIAS, PRODUCTION_ALIAS
+from pstyle.store.registry import CANDIDATE_ALIAS
 
 STATE_KEY = "loop/state.json"
 Train = Callable[[AdapterJobConfig, PersonalizeConfig, Log], dict[str, Any]]
@@ -92,7 +92,7 @@ def enroll(experiments: ExperimentStore, prefix: str, users: list[str]) -> str:
     if running:
         return experiments.add_users(running[0].name, users).name
     name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    variants = (Variant(PRODUCTION_ALIAS, PRODUCTION_ALIAS), Variant(CANDIDATE_ALIAS, CANDIDATE_ALIAS))
+    variants = production_vs_candidate()
     return experiments.create(Experiment(name, variants, users=tuple(users))).name
 
 
@@ -114,9 +114,11 @@ def run_loop(
     busy = serving_candidate(experiments.list(), due)
     waiting = {u: "in a running experiment that serves candidate" for u in sorted(busy)}
     entries = {}
-    for user in (u for u in due if u not in busy):
+    ready = [u for u in due if u not in busy]
+    feedback = list(read_events(store, "feedback")) if ready else []  # read once for every user
+    for user in ready:
         try:
-            entries[user] = user_entry(store, user)
+            entries[user] = user_entry(store, user, [e for e in feedback if e["user_id"] == user])
         except StyleSetError as exc:
             waiting[user] = str(exc)
     for user, why in waiting.items():
@@ -126,10 +128,7 @@ def run_loop(
     published: list[str] = []
     experiment = None
     if entries:
-        manifest = f"{MANIFEST_PREFIX}/{job_name}.json"
-        store.put_bytes(
-            manifest, json.dumps({"format": MANIFEST_FORMAT, "users": entries}, indent=1).encode()
-        )
+        manifest = save_manifest(store, job_name, entries)
         spec = AdapterJobConfig(users=manifest, base=cfg.base, store=store.uri, name=job_name,
                                 workers=cfg.workers, ray_address=cfg.ray_address)  # fmt: skip
         summary = train(spec, cfg.personalize, log)

@@ -36,7 +36,7 @@ from pstyle.ids import ID_PATTERN, validate_id
 from pstyle.ratings import parse_rating
 from pstyle.store import KeyExists, KeyNotFound, Store
 from pstyle.store.events import read_events
-from pstyle.store.registry import PRODUCTION_ALIAS, Registry, RegistryError
+from pstyle.store.registry import CANDIDATE_ALIAS, PRODUCTION_ALIAS, Registry, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,11 @@ class Experiment:
             decision=data.get("decision"),
             reason=data.get("reason"),
         )
+
+
+def production_vs_candidate() -> tuple[Variant, Variant]:
+    """The two arms every adapter experiment pstyle opens itself: the `production` and `candidate` aliases."""
+    return Variant(PRODUCTION_ALIAS, PRODUCTION_ALIAS), Variant(CANDIDATE_ALIAS, CANDIDATE_ALIAS)
 
 
 def _uniforms(exp_name: str, user_id: str) -> tuple[float, float]:

@@ -24,9 +24,9 @@ from typing import Any
 
 from pstyle.config import PERSONALIZE_POLICIES
 from pstyle.ids import ID_PATTERN, validate_id
-from pstyle.serving.experiments import Experiment, ExperimentStore, Variant
+from pstyle.serving.experiments import Experiment, ExperimentStore, production_vs_candidate
 from pstyle.store import KeyNotFound, Store
-from pstyle.store.registry import CANDIDATE_ALIAS, PRODUCTION_ALIAS, Registry, RegistryError
+from pstyle.store.registry import PRODUCTION_ALIAS, Registry, RegistryError
 
 LIVE_STATES = ("queued", "running")
 
@@ -156,7 +156,7 @@ def after_training(store: Store, job: PersonalizeJob, policy: str, margin: float
         return f"candidate v{version} left for an operator"
     if policy == "experiment":
         name = job.adapter_job
-        variants = (Variant(PRODUCTION_ALIAS, PRODUCTION_ALIAS), Variant(CANDIDATE_ALIAS, CANDIDATE_ALIAS))
+        variants = production_vs_candidate()
         ExperimentStore(store).create(Experiment(name, variants, users=(user,)))
         return f"experiment {name} opened: production vs candidate v{version}"
     try:

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,16 +127,19 @@ class StyleSets:
         )
 
 
-def user_entry(store: Store, user_id: str) -> dict[str, Any]:
+def user_entry(
+    store: Store, user_id: str, feedback: Iterable[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The adapter-job manifest entry for one user: their style set, and every output they rated that
-    the service kept (latest rating per image wins)."""
+    the service kept (latest rating per image wins). `feedback`: the user's feedback events, when the
+    caller already read them (default: read from the store)."""
     style_set = StyleSets(store).get(user_id)
     if style_set is None:
         raise StyleSetError(f"user {user_id!r} has no style set: PUT images to /v1/me/styles first")
     rated: dict[str, Any] = {}
-    for event in read_events(store, "feedback"):
-        if event.get("user_id") == user_id and isinstance(event.get("image"), str):
+    for event in read_events(store, "feedback", user_id=user_id) if feedback is None else feedback:
+        if isinstance(event.get("image"), str):
             rated[event["image"]] = event.get("rating")
     prefix = outputs_prefix(user_id) + "/"
-    feedback = [{"image": k, "rating": r} for k, r in rated.items() if k.startswith(prefix)]
-    return {"styles": list(style_set.images), "feedback": feedback}
+    feedback_rows = [{"image": k, "rating": r} for k, r in rated.items() if k.startswith(prefix)]
+    return {"styles": list(style_set.images), "feedback": feedback_rows}
