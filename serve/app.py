@@ -4,8 +4,9 @@
       ├─ StyleReplica (autoscaled) one base model + an AdapterBank per replica; @serve.batch mixes users
       └─ Personalizer (1 replica)  admits personalization jobs (bounded FIFO) and runs them as Ray tasks
 
-The ingress's event loop only awaits: decoding, encoding, key checks and store I/O run in threads
-(`asyncio.to_thread`), so one large upload never stalls the small requests behind it.
+The ingress's event loop only awaits: body parsing, decoding, encoding, key checks and store I/O run
+in threads (`asyncio.to_thread`). Large uploads are parsed and decoded in a pool of `large_decodes`
+idle-class threads (pstyle.serving.background), so they never stall the small requests behind them.
 
 Batching across users: Serve's @serve.batch splits a batch per multiplexed model id, so the adapter
 travels inside the request and the replica applies per-sample adapters itself (pstyle.serving.replica).
@@ -21,8 +22,6 @@ deployments' `user_config` (a pstyle.config.ServeConfig).
 """
 
 import asyncio
-import base64
-import binascii
 import dataclasses
 import hashlib
 import time
@@ -44,6 +43,7 @@ from pstyle.distributed.personalize_service import run_personalize_job
 from pstyle.images import ImageError, image_to_bytes, mask_to_tensor, open_image, to_tensor
 from pstyle.ratings import parse_rating
 from pstyle.serving.api_keys import ApiKeys, AuthError, Principal
+from pstyle.serving.background import background_pool
 from pstyle.serving.experiments import Experiment, ExperimentStore, Variant, assign, report
 from pstyle.serving.personalize_jobs import JobQueue, JobRecords, JobRefused, PersonalizeJob, new_job
 from pstyle.serving.regions import REGIONS
@@ -56,6 +56,7 @@ from pstyle.serving.style_sets import (
     decode_styles,
     outputs_prefix,
 )
+from pstyle.serving.upload_form import FormError, parse_form
 from pstyle.store import open_store
 from pstyle.store.events import EventLog
 from pstyle.store.layout import adapter_progress_key
@@ -282,7 +283,7 @@ class Ingress:
         self.style_sets = StyleSets(store)
         self.jobs = JobRecords(store)
         self.image_ids = ImageIds(load_secret(store))
-        self.large_decodes = asyncio.Semaphore(self.config.large_decodes)
+        self.large_decodes = background_pool(self.config.large_decodes, "large-decode")
         self.events = EventLog(store, flush_interval_s=self.config.event_flush_s, background=True)
 
     def __del__(self) -> None:
@@ -306,39 +307,26 @@ class Ingress:
             raise ApiError(403, "admin key required")
         return principal
 
-    async def _upload(self, request: Request, max_files: int, max_bytes: int) -> dict[str, Any]:
-        """Fields and file bytes from multipart or JSON (base64), with the size cap enforced; a field
-        sent more than once (`style`) becomes a list of (filename, bytes)."""
-        if int(request.headers.get("content-length") or 0) > max_bytes + 64 * 1024:
+    async def _body(self, request: Request, max_bytes: int) -> bytes:
+        """The whole request body, refused with 413 as soon as it passes `max_bytes` (plus room for
+        the multipart framing), whatever Content-Length claimed."""
+        limit = max_bytes + 64 * 1024
+        if int(request.headers.get("content-length") or 0) > limit:
             raise ApiError(413, f"upload larger than {max_bytes} bytes")
-        kind = request.headers.get("content-type", "")
-        if kind.startswith("multipart/form-data"):
-            form = await request.form(max_files=max_files, max_fields=10 + max_files)
-            fields: dict[str, Any] = {"style": []}
-            for name, value in form.multi_items():
-                if hasattr(value, "read"):
-                    data = await value.read()
-                    if name == "style":
-                        fields["style"].append((value.filename or f"style {len(fields['style']) + 1}", data))
-                        continue
-                    value = data
-                fields[name] = value
-            return fields
-        if kind.startswith("application/json"):
-            try:
-                body = await request.json()
-                fields = dict(body)
-                for name in ("image", "mask"):
-                    if fields.get(name) is not None:
-                        fields[name] = base64.b64decode(fields[name], validate=True)
-                fields["style"] = [
-                    (f"style {i + 1}", base64.b64decode(b, validate=True))
-                    for i, b in enumerate(body.get("style", []))
-                ]
-            except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
-                raise ApiError(400, f"malformed JSON body: {exc}") from None
-            return fields
-        raise ApiError(415, "send multipart/form-data (field 'image') or application/json (base64 'image')")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"upload larger than {max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _form(self, request: Request, body: bytes, max_files: int) -> dict[str, Any]:
+        """`parse_form` with its errors as ApiErrors (runs in a thread)."""
+        try:
+            return parse_form(body, request.headers.get("content-type", ""), max_parts=10 + max_files)
+        except FormError as exc:
+            raise ApiError(exc.status, str(exc)) from None
 
     def _variant(self, user_id: str) -> tuple[Experiment | None, Variant | None]:
         for experiment in self.experiments.active_for(user_id):
@@ -366,8 +354,8 @@ class Ingress:
         style set (`X-Adapter-Version: base`); `style` files sent here override both for this call."""
         t0 = time.perf_counter()
         user = (await self._principal(request)).user_id
-        fields = await self._upload(request, 2 + MAX_REQUEST_STYLES, self.config.max_upload_bytes)
-        req, fmt = await self._decode(user, fields)
+        body = await self._body(request, self.config.max_upload_bytes)
+        req, fmt = await self._decode(user, request, body)
         experiment, variant = await asyncio.to_thread(self._variant, user)
         if variant is not None and req.styles is None:
             req.ref = variant.ref
@@ -414,13 +402,16 @@ class Ingress:
     def _model_id(self, user: str) -> str:
         return user if self.config.multiplex_by == "user" else shard_of(user, self.config.shards)
 
-    async def _decode(self, user: str, fields: dict[str, Any]) -> tuple[StylizeRequest, str]:
-        """`_parse` in a thread; a large upload first waits for one of the `large_decodes` slots."""
-        image = fields.get("image")
-        if isinstance(image, bytes) and len(image) > self.config.large_upload_bytes:
-            async with self.large_decodes:
-                return await asyncio.to_thread(self._parse, user, fields)
-        return await asyncio.to_thread(self._parse, user, fields)
+    async def _decode(self, user: str, request: Request, body: bytes) -> tuple[StylizeRequest, str]:
+        """The body parsed and decoded in one thread; a large one goes to the low-priority pool of
+        `large_decodes` threads, so it waits there rather than taking the cores from small ones."""
+
+        def parse_and_decode() -> tuple[StylizeRequest, str]:
+            return self._parse(user, self._form(request, body, 2 + MAX_REQUEST_STYLES))
+
+        if len(body) > self.config.large_upload_bytes:
+            return await asyncio.get_running_loop().run_in_executor(self.large_decodes, parse_and_decode)
+        return await asyncio.to_thread(parse_and_decode)
 
     def _parse(self, user: str, fields: dict[str, Any]) -> tuple[StylizeRequest, str]:
         """The request to render and the output format (runs in a thread: it decodes images)."""
@@ -473,9 +464,8 @@ class Ingress:
     async def put_styles(self, request: Request) -> dict[str, Any]:
         """Replace your style set (1-16 images, field `style`): all of it is stored, or none."""
         user = (await self._principal(request)).user_id
-        fields = await self._upload(
-            request, MAX_STYLE_IMAGES + 1, MAX_STYLE_IMAGES * self.config.max_upload_bytes
-        )
+        body = await self._body(request, MAX_STYLE_IMAGES * self.config.max_upload_bytes)
+        fields = await asyncio.to_thread(self._form, request, body, MAX_STYLE_IMAGES + 1)
         files = fields.get("style") or []
         if any(len(data) > self.config.max_upload_bytes for _, data in files):
             raise ApiError(413, f"a style image is larger than {self.config.max_upload_bytes} bytes")

@@ -318,7 +318,7 @@ def head_of_line_summary(
 
 
 def bench_head_of_line(
-    n_requests: int = 100, size: int = 128, uploads: int = 4, upload_side: int = 4800, warmup: int = 5
+    n_requests: int = 300, size: int = 128, uploads: int = 4, upload_side: int = 4800, warmup: int = 5
 ) -> dict:
     """Small-request latency, idle and with `uploads` large uploads in flight (see the module doc)."""
     if n_requests < 2 or uploads < 1:
