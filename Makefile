@@ -10,9 +10,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(PY) -m pip
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup chromium test demo lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+# The browser tests drive Debian's chromium (Playwright cannot download its own browser here).
+# Installed when missing: CI runs as root on a fresh machine; elsewhere install it yourself.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) for the browser tests" >&2; exit 1; fi; }
+	@chromium --version 2>/dev/null
 
 # Rebuilt only when the lock or the project metadata changes: idempotent and pinned.
 $(STAMP): requirements.lock pyproject.toml

@@ -24,13 +24,15 @@ deployments' `user_config` (a pstyle.config.ServeConfig).
 import asyncio
 import dataclasses
 import hashlib
+import json
+import re
 import time
 from typing import Any
 
 import torch
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPBearer
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -44,7 +46,16 @@ from pstyle.images import ImageError, image_to_bytes, mask_to_tensor, open_image
 from pstyle.ratings import parse_rating
 from pstyle.serving.api_keys import ApiKeys, AuthError, Principal
 from pstyle.serving.background import background_pool
-from pstyle.serving.experiments import Experiment, ExperimentStore, Variant, assign, report
+from pstyle.serving.decisions import decide
+from pstyle.serving.experiments import (
+    Experiment,
+    ExperimentError,
+    ExperimentStore,
+    Variant,
+    assign,
+    promote,
+    report,
+)
 from pstyle.serving.personalize_jobs import JobQueue, JobRecords, JobRefused, PersonalizeJob, new_job
 from pstyle.serving.regions import REGIONS
 from pstyle.serving.replica import AdapterServer, StylizeRequest, StylizeResult, prepare_image
@@ -57,6 +68,7 @@ from pstyle.serving.style_sets import (
     outputs_prefix,
 )
 from pstyle.serving.upload_form import FormError, parse_form
+from pstyle.serving.web_ui import SECURITY_HEADERS, ui_file
 from pstyle.store import open_store
 from pstyle.store.events import EventLog
 from pstyle.store.layout import adapter_progress_key
@@ -64,6 +76,7 @@ from pstyle.store.registry import Registry, describe
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_REQUEST_STYLES = 4  # style files one stylize request may carry (zero-shot override)
+STYLE_IMAGE_ID = re.compile(r"[0-9a-f]{64}")  # a style image's id: the sha256 of its PNG
 bearer = HTTPBearer(auto_error=False, description="your API key (psk.<user>.<secret>); or header X-API-Key")
 AUTH = [Security(bearer)]  # documents the scheme in /docs; the key itself is checked by ApiKeys
 
@@ -484,6 +497,31 @@ class Ingress:
             raise ApiError(404, "no style set yet: PUT 1-16 images (field 'style') to /v1/me/styles")
         return self._describe_set(style_set)
 
+    @app.get("/v1/me/styles/{image_id}", dependencies=AUTH, responses={200: {"content": {"image/png": {}}}})
+    async def style_image(self, image_id: str, request: Request) -> Response:
+        """One image of your current style set, as PNG (its id from GET /v1/me/styles)."""
+        user = (await self._principal(request)).user_id
+        data = None
+        if STYLE_IMAGE_ID.fullmatch(image_id):
+            data = await asyncio.to_thread(self.style_sets.image, user, image_id)
+        if data is None:
+            raise ApiError(404, "no such image in your style set")
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/v1/me", dependencies=AUTH)
+    async def me(self, request: Request) -> dict[str, Any]:
+        """Who this key belongs to, and the upload limits a client can check before sending."""
+        principal = await self._principal(request)
+        limits = {
+            "max_upload_bytes": self.config.max_upload_bytes,
+            "max_pixels": self.config.max_pixels,
+            "size": self.config.size,
+            "max_size": self.config.max_size,
+            "max_style_images": MAX_STYLE_IMAGES,
+            "max_request_styles": MAX_REQUEST_STYLES,
+        }
+        return {"user": principal.user_id, "admin": principal.admin, "limits": limits}
+
     @staticmethod
     def _describe_set(style_set: Any) -> dict[str, Any]:
         images = [
@@ -551,6 +589,27 @@ class Ingress:
 
         return {"user": user, "versions": await asyncio.to_thread(read)}
 
+    @app.get("/ui", include_in_schema=False)
+    async def ui_root(self) -> RedirectResponse:
+        return RedirectResponse("ui/", status_code=308)  # relative: works under any route prefix
+
+    @app.get("/ui/", include_in_schema=False)
+    async def ui_index(self) -> Response:
+        return self._ui("index.html")
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    async def ui_asset(self, name: str) -> Response:
+        return self._ui(name)
+
+    @staticmethod
+    def _ui(name: str) -> Response:
+        """One of the web page's files, with its security headers (pstyle.serving.web_ui)."""
+        found = ui_file(name)
+        if found is None:
+            raise ApiError(404, "no such page")
+        body, media_type = found
+        return Response(body, media_type=media_type, headers=SECURITY_HEADERS)
+
     @app.get("/v1/health/live")
     async def live(self) -> dict[str, str]:
         return {"status": "live"}
@@ -585,11 +644,49 @@ class Ingress:
         await self._admin(request)
         return (await self._existing(lambda: self.experiments.stop(name))).to_dict()
 
+    @app.get("/v1/admin/experiments", dependencies=AUTH)
+    async def list_experiments(self, request: Request) -> dict[str, Any]:
+        """Every experiment, running and stopped, newest first."""
+        await self._admin(request)
+        experiments = await asyncio.to_thread(self.experiments.list)
+        return {"experiments": [e.to_dict() for e in reversed(experiments)]}
+
     @app.get("/v1/admin/experiments/{name}/report", dependencies=AUTH)
     async def experiment_report(self, name: str, request: Request) -> dict[str, Any]:
+        """Per-variant counts, ratings (mean, 95% CI), errors and latency; for a running experiment,
+        also what `pstyle ab decide` would do now and why (`policy`, a dry run: no alpha spent)."""
         await self._admin(request)
         await asyncio.to_thread(self.events.flush)
-        return await self._existing(lambda: report(self.store, name))
+
+        def read() -> dict[str, Any]:
+            rep = report(self.store, name)
+            if rep["status"] == "running":
+                (verdict,) = decide(self.store, name=name, dry_run=True)
+                rep["policy"] = {"action": verdict.action, "reason": verdict.reason}
+            return rep
+
+        return await self._existing(read)
+
+    @app.post("/v1/admin/experiments/{name}/promote", dependencies=AUTH)
+    async def promote_experiment(self, name: str, request: Request) -> dict[str, Any]:
+        """Move each exposed user's production to a variant and stop the experiment. Body (optional):
+        {"variant": name}; without one, only a significant winner is promoted."""
+        await self._admin(request)
+        try:
+            body = json.loads(await request.body() or b"{}")
+            variant = body.get("variant")
+        except (ValueError, AttributeError):
+            raise ApiError(400, 'send no body or JSON {"variant": "..."}') from None
+        await asyncio.to_thread(self.events.flush)
+
+        def act() -> dict[str, Any]:
+            self.experiments.get(name)  # an unknown name is a 404 (through `_existing`) ...
+            try:
+                return promote(self.store, self.registry, name, force_variant=variant)
+            except ExperimentError as exc:  # ... no winner, or no such variant: 409
+                raise ApiError(409, str(exc)) from None
+
+        return await self._existing(act)
 
     @staticmethod
     async def _existing(call: Any) -> Any:

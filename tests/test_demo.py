@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 from conftest import make_bucket
 
 from pstyle.demo.pipeline import MARKER, prepare_out
@@ -26,14 +28,44 @@ def demo_store(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
     return f"s3://{make_bucket(request.getfixturevalue('s3_env'))}/demo"
 
 
+def keep_serving_then_interrupt(cmd: list[str]) -> tuple[int, str]:
+    """Run `pstyle demo --keep-serving` until it prints the page's URL; check the page and the admin
+    key it printed over HTTP, then Ctrl-C (SIGINT) it. Returns its exit code and output."""
+    proc = subprocess.Popen([*cmd, "--keep-serving"], stdout=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C stops it"):
+                break
+        output = "".join(lines)
+        url = re.search(r"The demo's app is up: (http://127\.0\.0\.1:\d+)/ui/", output)
+        admin = re.search(r"admin \(Operator page\)\s+(\S+)", output)
+        assert url and admin, output[-3000:]
+        page = requests.get(f"{url[1]}/ui/", timeout=30)
+        assert page.ok and "Content-Security-Policy" in page.headers
+        me = requests.get(f"{url[1]}/v1/me", headers={"Authorization": f"Bearer {admin[1]}"}, timeout=30)
+        assert me.ok and me.json()["admin"] is True
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, output + rest
+
+
 def test_tiny_demo_runs_every_stage_and_writes_the_report(demo_store: str | None, tmp_path: Path):
+    """On the local store the demo also keeps serving after the report, until interrupted."""
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "pstyle", "demo", "--tiny", "--out", str(out)]
-    proc = subprocess.run(
-        [*cmd, *(["--store", demo_store] if demo_store else [])], capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"stage times: data [\d.]+s, tune .* report [\d.]+s", proc.stdout)
+    if demo_store:
+        proc = subprocess.run([*cmd, "--store", demo_store], capture_output=True, text=True)
+        code, stdout = proc.returncode, proc.stdout + proc.stderr[-3000:]
+    else:
+        code, stdout = keep_serving_then_interrupt(cmd)
+        assert "stopping the app" in stdout
+    assert code == 0, stdout[-6000:]
+    assert re.search(r"stage times: data [\d.]+s, tune .* report [\d.]+s", stdout)
 
     state = json.loads((out / "demo.json").read_text())
     assert list(state["timings"]) == STAGES and all(t > 0 for t in state["timings"].values())

@@ -14,53 +14,25 @@ import numpy as np
 import pytest
 import ray
 import requests
-import torch
 from fixtures.ab import HIGH, LOW
 from fixtures.ab import traffic as simulate
+from fixtures.serving import local_serve, random_base, write_adapter
+from fixtures.tiny import tiny_serve_config
 from PIL import Image
 from ray import serve
 
-from pstyle.adapters import (
-    AdapterConfig,
-    adapter_state_dict,
-    inject_adapter,
-    load_adapter_state,
-    save_adapter,
-)
-from pstyle.bench.adapters import random_state
 from pstyle.cli.main import main
-from pstyle.config import LoopConfig, PersonalizeConfig, ServeConfig, cpu_preset
+from pstyle.config import LoopConfig, PersonalizeConfig
 from pstyle.distributed.feedback_loop import run_loop
-from pstyle.distributed.runtime import free_port
-from pstyle.models.style_model import StyleModel
 from pstyle.serving.api_keys import create_user
 from pstyle.serving.experiments import Experiment, ExperimentStore, Variant
 from pstyle.serving.stylize import stylize_file
 from pstyle.store import LocalStore
 from pstyle.store.events import read_events
 from pstyle.store.registry import Registry
-from pstyle.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from serve.app import build_app
 
 TTL_S = 1.0
-
-
-def write_adapter(base_dir: Path, user: str, seed: int, out: Path) -> Path:
-    """A non-zero adapter for the base (what `pstyle personalize` would save, faster)."""
-    model, _ = load_checkpoint(base_dir)
-    base_fingerprint = fingerprint(model)  # of the base weights, before the adapter wraps layers
-    inject_adapter(model.generator, user, AdapterConfig())
-    shapes = {k: v.shape for k, v in adapter_state_dict(model.generator, user).items()}
-    state = random_state(shapes, seed)
-    state = {k: v * 10 if k.endswith("lora_up") else v for k, v in state.items()}  # visibly personal
-    load_adapter_state(model.generator, user, state)
-    save_adapter(
-        out,
-        model.generator,
-        user,
-        {"user_id": user, "version": "test", "base_fingerprint": base_fingerprint},
-    )
-    return out
 
 
 def png(image: Image.Image) -> bytes:
@@ -71,17 +43,11 @@ def png(image: Image.Image) -> bytes:
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained base of the CPU preset's size: serving does not care how good the weights are."""
-    torch.manual_seed(0)
-    config = cpu_preset(64)
-    out = tmp_path_factory.mktemp("base") / "base"
-    save_checkpoint(out, StyleModel(config.model), config, {"kind": "random"})
-    return out
+    return random_base(tmp_path_factory.mktemp("base") / "base")
 
 
 @pytest.fixture(scope="module")
 def deployment(base_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-
     root = tmp_path_factory.mktemp("serve")
     store = LocalStore(root / "store")
     registry = Registry(store)
@@ -92,36 +58,22 @@ def deployment(base_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # noq
         registry.publish_adapter(user, adapters[user], aliases=["production"])
     keys = {user: create_user(store, user) for user in ("alice", "bob", "carol", "dave", "erin")}
     keys["root"] = create_user(store, "root", admin=True)
-    config = ServeConfig(
-        store=str(store.root),
+    config = tiny_serve_config(
+        str(store.root),
         alias_ttl_s=TTL_S,
-        size=64,
-        max_upload_bytes=2**20,
-        max_pixels=4_000_000,
-        event_flush_s=0.5,
-        style_size=64,
-        personalize=PersonalizeConfig(steps=6, eval_every=3, batch_size=2, holdout=1),
-        personalize_content=4,
         max_personalize_jobs=1,  # one live job: a second user's request meets a full queue
-        promote_margin=0.0,
     )
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(config), name="pstyle", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-    yield {
-        "url": url,
-        "keys": keys,
-        "store": store,
-        "registry": registry,
-        "adapters": adapters,
-        "base": base_dir,
-        "config": config,
-        "root": root,
-    }
-    serve.shutdown()
-    ray.shutdown()
+    with local_serve(config) as url:
+        yield {
+            "url": url,
+            "keys": keys,
+            "store": store,
+            "registry": registry,
+            "adapters": adapters,
+            "base": base_dir,
+            "config": config,
+            "root": root,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -544,7 +496,12 @@ def test_feedback_loop_retrains_and_ab_decide_promotes_or_rolls_back(
     assert ExperimentStore(store).get(name).users == ("carol",)
     assert run_loop(loop, log=lambda _: None)["job"] is None  # idempotent: no new ratings, no retraining
 
-    r = call(d, "carol", files={"image": ("c.png", content_png)})  # a real exposure in the experiment
+    deadline = time.monotonic() + 10  # the ingress re-reads experiments within its cache TTL (5 s)
+    while True:  # a real exposure in the experiment
+        r = call(d, "carol", files={"image": ("c.png", content_png)})
+        if r.headers["X-Experiment"] == name or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert r.headers["X-Experiment"] == name
     time.sleep(2 * d["config"].event_flush_s)
     cohort = [f"sim-{i}" for i in range(4)]

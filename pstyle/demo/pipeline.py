@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -89,8 +90,11 @@ def prepare_out(out: Path) -> None:
     (out / MARKER).write_text("made by pstyle demo; rerunning the demo clears this folder\n")
 
 
-def run_demo(out: Path, tiny: bool = False, store: str | None = None, log: Log = print) -> dict[str, float]:
-    """Run every stage into `out`; returns seconds per stage."""
+def run_demo(
+    out: Path, tiny: bool = False, store: str | None = None, log: Log = print, keep_serving: bool = False
+) -> dict[str, float]:
+    """Run every stage into `out`; returns seconds per stage. `keep_serving` then leaves the app up
+    (pstyle.demo.keep_serving) until Ctrl-C."""
     import ray
 
     plan = DemoPlan.tiny() if tiny else DemoPlan()
@@ -116,12 +120,31 @@ def run_demo(out: Path, tiny: bool = False, store: str | None = None, log: Log =
         stage("adapters", lambda: state.update(adapter_stage(plan, store, out, run, log)))
         stage("serve", lambda: state.update(serve_stage(plan, store, out, run, state, log)))
         stage("report", lambda: state.update(report_stage(plan, store, out, state, timings)))
+        (out / "demo.json").write_text(json.dumps({**state, "timings": timings}, indent=1, default=str))
+        log("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+        log(f"total {sum(timings.values()):.1f} s; report: {out / 'report.html'}")
+        if keep_serving:
+            serve_until_interrupted(out)
     finally:
         ray.shutdown()
-    (out / "demo.json").write_text(json.dumps({**state, "timings": timings}, indent=1, default=str))
-    log("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    log(f"total {sum(timings.values()):.1f} s; report: {out / 'report.html'}")
     return timings
+
+
+def serve_until_interrupted(out: Path) -> None:
+    """The demo's app on this Ray cluster until Ctrl-C: the child gets the terminal's SIGINT too and
+    shuts Serve down; this side waits for it, then its caller stops Ray."""
+    import ray
+
+    cmd = [sys.executable, "-m", "pstyle.demo.keep_serving", "--spec", str(out / "serve-spec.json"),
+           "--address", ray.get_runtime_context().gcs_address]  # fmt: skip
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ray Train's trainer leaves its own
+    child = subprocess.Popen(cmd, cwd=serve_app_root())
+    try:
+        while child.poll() is None:  # short waits: a SIGINT that lands on one of Ray's threads
+            time.sleep(0.5)  # interrupts no blocking wait, only the next bytecode of this thread
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGINT)  # also when the SIGINT reached only this process
+        child.wait()
 
 
 def make_data(plan: DemoPlan, data_dir: Path) -> None:

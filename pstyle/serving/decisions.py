@@ -168,18 +168,12 @@ def _pair(exp: Experiment) -> tuple[Variant, Variant] | None:
     return control, next(v for v in exp.variants if v is not control)
 
 
-def _p99(arm: Arm) -> float | None:
-    import numpy as np
-
-    return float(np.percentile(arm.latencies, 99)) if arm.latencies else None
-
-
 def _breach(control: Arm, candidate: Arm, cfg: DecideConfig) -> str | None:
     """The first guardrail the candidate breaks, in words, or None."""
     c_rate, x_rate = control.error_rate or 0.0, candidate.error_rate or 0.0
     if x_rate > c_rate + cfg.error_margin:
         return f"error rate {x_rate:.1%} vs production's {c_rate:.1%} (margin {cfg.error_margin:.1%})"
-    c_p99, x_p99 = _p99(control), _p99(candidate)
+    c_p99, x_p99 = control.latency_ms(99), candidate.latency_ms(99)
     if c_p99 is not None and x_p99 is not None and x_p99 > c_p99 * (1 + cfg.p99_margin):
         return f"p99 latency {x_p99:.0f} ms vs production's {c_p99:.0f} ms (margin {cfg.p99_margin:.0%})"
     return None

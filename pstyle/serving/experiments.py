@@ -334,6 +334,11 @@ class Arm:
     def error_rate(self) -> float | None:
         return self.errors / self.exposures if self.exposures else None
 
+    def latency_ms(self, percentile: float) -> float | None:
+        import numpy as np
+
+        return float(np.percentile(self.latencies, percentile)) if self.latencies else None
+
 
 def arms(store: Store, exp: Experiment) -> tuple[dict[str, Arm], int]:
     """({variant: Arm}, how many events named no variant of `exp` or carried no valid rating)."""
@@ -377,6 +382,8 @@ def report(store: Store, name: str, min_ratings: int = MIN_RATINGS, alpha: float
             "errors": arm.errors,
             "error_rate": arm.error_rate,
             "latency_ms_mean": sum(arm.latencies) / len(arm.latencies) if arm.latencies else None,
+            "latency_ms_p50": arm.latency_ms(50),
+            "latency_ms_p99": arm.latency_ms(99),
             **_rating_stats(arm.ratings),
         }
 

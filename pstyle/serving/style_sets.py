@@ -120,6 +120,15 @@ class StyleSets:
             return None
         return StyleSet(user_id, data["set"], tuple(data["images"]), tuple(data["names"]), data["created"])
 
+    def image(self, user_id: str, image_id: str) -> bytes | None:
+        """The PNG of image `image_id` (its content hash) if it is in the user's current set, else None:
+        a user can only ever name keys under their own prefix, and only the set they have now."""
+        style_set = self.get(user_id)
+        key = f"users/{user_id}/styles/{image_id}.png"
+        if style_set is None or key not in style_set.images:
+            return None
+        return self.store.get_bytes(key)
+
     def load(self, style_set: StyleSet, size: int) -> torch.Tensor:
         """The set's images as one (K, 3, size, size) batch for the style encoder."""
         return torch.stack(
