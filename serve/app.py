@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPBearer
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.util import metrics
@@ -277,6 +278,9 @@ class Ingress:
             "pstyle_exposures", "stylized images per experiment variant", tag_keys=("experiment", "variant")
         )
         self.errors = metrics.Counter("pstyle_errors", "failed stylize requests", tag_keys=("status",))
+        self.replica_failures = metrics.Counter(
+            "pstyle_replica_failures", "stylize calls whose generator replica died mid-request"
+        )
         self.latency = metrics.Histogram(
             "pstyle_latency_ms",
             "stylize latency per variant",
@@ -378,13 +382,7 @@ class Ingress:
             "experiment": experiment.name if experiment else "-",
             "variant": variant.name if experiment else "-",
         }
-        try:
-            result: StylizeResult = await self.generator.options(
-                multiplexed_model_id=self._model_id(user)
-            ).stylize.remote(req)
-        except BackPressureError:
-            self.errors.inc(tags={"status": "503"})
-            raise ApiError(503, "overloaded, retry shortly", {"Retry-After": "1"}) from None
+        result = await self._render(user, req)
         latency_ms = 1e3 * (time.perf_counter() - t0)
         if experiment is not None:
             self.exposures.inc(tags=tags)
@@ -403,6 +401,27 @@ class Ingress:
             "X-Image-Id": image_id,
         }
         return Response(body, media_type=FORMATS[fmt], headers=headers)
+
+    async def _render(self, user: str, req: StylizeRequest) -> StylizeResult:
+        """The generator's answer. A replica that dies mid-request is retried once on whichever replica
+        Serve routes to (a render is idempotent: same input, seed and version give the same pixels);
+        a second death, or a full queue, is a 503 with Retry-After, never a 500."""
+        handle = self.generator.options(multiplexed_model_id=self._model_id(user))
+        try:
+            try:
+                return await handle.stylize.remote(req)
+            except RayActorError:
+                self.replica_failures.inc()
+            return await handle.stylize.remote(req)  # once more: another replica, or the replacement
+        except BackPressureError:
+            raise self._unavailable("overloaded, retry shortly", retry_after_s=1) from None
+        except RayActorError:
+            self.replica_failures.inc()
+            raise self._unavailable("a generator replica failed, retry shortly", retry_after_s=2) from None
+
+    def _unavailable(self, message: str, retry_after_s: int) -> ApiError:
+        self.errors.inc(tags={"status": "503"})
+        return ApiError(503, message, {"Retry-After": str(retry_after_s)})
 
     def _deliver(self, user: str, image_id: str, result: StylizeResult, fmt: str) -> bytes:
         """The response body; the PNG is also kept (keep_outputs) so a rating can train on it."""

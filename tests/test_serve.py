@@ -315,12 +315,37 @@ def test_health_endpoints(deployment) -> None:
     assert "/v1/stylize" in requests.get(f"{deployment['url']}/openapi.json", timeout=10).json()["paths"]
 
 
-def test_killed_replica_is_replaced(deployment, content_png) -> None:
+def kill_a_generator_replica() -> None:
     names = [
         a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "StyleReplica" in a["name"]
     ]
     assert names, "no generator replica found"
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+
+def test_replica_killed_mid_request_is_retried_or_503_never_500(deployment, content_png) -> None:
+    """8 clients stylize while a generator replica is killed: each request is answered 200 (retried
+    on the replacement) or 503 with Retry-After, and the service is steady again afterwards."""
+    statuses: list[tuple[int, str | None]] = []
+    stop = time.monotonic() + 25
+
+    def client(user: str) -> None:
+        while time.monotonic() < stop:
+            r = call(deployment, user, files={"image": ("c.png", content_png)})
+            statuses.append((r.status_code, r.headers.get("Retry-After")))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client, ("alice", "bob")[i % 2]) for i in range(8)]
+        time.sleep(3)
+        kill_a_generator_replica()
+        for future in futures:
+            future.result()
+    assert statuses and all(s == 200 or (s == 503 and after) for s, after in statuses), statuses
+    assert statuses[-1][0] == 200  # recovered within the run
+
+
+def test_killed_replica_is_replaced(deployment, content_png) -> None:
+    kill_a_generator_replica()
     deadline = time.monotonic() + 90
     while call(deployment, "alice", files={"image": ("c.png", content_png)}).status_code != 200:
         assert time.monotonic() < deadline, "no replica came back"
