@@ -389,9 +389,10 @@ class Ingress:
             self.latency.observe(latency_ms, tags=tags)
             self._record("exposure", user, **tags, adapter_version=result.version, latency_ms=latency_ms,
                          error=result.error is not None)  # fmt: skip
-        if result.error is not None:
-            self.errors.inc(tags={"status": "404"})
-            raise ApiError(404, result.error)
+        if result.error is not None:  # nothing servable for this user (404), or a broken artifact (500)
+            status = 500 if result.server_fault else 404
+            self.errors.inc(tags={"status": str(status)})
+            raise ApiError(status, result.error)
         image_id = self.image_ids.issue(user=user, version=result.version, **tags)
         body = await asyncio.to_thread(self._deliver, user, image_id, result, fmt)
         headers = {

@@ -21,6 +21,7 @@ from fixtures.tiny import tiny_serve_config
 from PIL import Image
 from ray import serve
 
+from pstyle.adapters.io import TENSORS_FILE
 from pstyle.cli.main import main
 from pstyle.config import LoopConfig, PersonalizeConfig
 from pstyle.distributed.feedback_loop import run_loop
@@ -29,7 +30,7 @@ from pstyle.serving.experiments import Experiment, ExperimentStore, Variant
 from pstyle.serving.stylize import stylize_file
 from pstyle.store import LocalStore
 from pstyle.store.events import read_events
-from pstyle.store.registry import Registry
+from pstyle.store.registry import BLOBS, Registry
 from serve.app import build_app
 
 TTL_S = 1.0
@@ -350,6 +351,25 @@ def test_killed_replica_is_replaced(deployment, content_png) -> None:
     while call(deployment, "alice", files={"image": ("c.png", content_png)}).status_code != 200:
         assert time.monotonic() < deadline, "no replica came back"
         time.sleep(1)
+
+
+def test_corrupt_adapter_blob_is_a_clear_500_for_that_user_only(deployment, content_png) -> None:
+    d = deployment
+    key = create_user(d["store"], "frank")
+    adapter = write_adapter(d["base"], "frank", 3, d["root"] / "frank")
+    version = d["registry"].publish_adapter("frank", adapter, aliases=["production"])
+    blob = d["store"].root / BLOBS / version.files[TENSORS_FILE]["sha256"]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one bit-flipped byte in the middle of the weights
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    r = requests.post(f"{d['url']}/v1/stylize", files={"image": ("c.png", content_png)},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=60)  # fmt: skip
+    assert r.status_code == 500, r.text
+    assert "server-side problem" in r.json()["error"] and "corrupt" in r.json()["error"]
+    assert call(d, "alice", files={"image": ("c.png", content_png)}).status_code == 200  # others unaffected
+    stats = requests.get(f"{d['url']}/v1/admin/stats", headers=auth(d, "root"), timeout=30).json()
+    assert stats["integrity_errors"] >= 1
 
 
 def test_overload_is_503_not_a_hang(deployment, content_png) -> None:

@@ -14,11 +14,8 @@ import signal
 import threading
 from pathlib import Path
 
-from ray import serve
-
-from pstyle.config import ServeConfig
+from pstyle.demo.traffic import deploy_demo_app
 from pstyle.distributed.runtime import ensure_ray, serve_on_loopback
-from serve.app import build_app
 
 
 def keys_text(spec: dict) -> str:
@@ -39,13 +36,14 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     ensure_ray(args.address, include_dashboard=False, log_to_driver=False)
-    config = ServeConfig(store=spec["store"], alias_ttl_s=1.0, event_flush_s=0.5)
     with serve_on_loopback() as url:
-        serve.run(build_app(config, autoscaling_config=None, num_replicas=1), name="pstyle", route_prefix="/")
+        deploy_demo_app(spec["store"])
         print(f"\nThe demo's app is up: {url}/ui/ (API docs: {url}/docs). Sign in with one of these keys:")
         print(keys_text(spec))
         print("Ctrl-C stops it.", flush=True)
-        while not stop.wait(timeout=0.5):  # Python runs signal handlers between this thread's bytecodes
+        # Short waits: Python runs signal handlers between this thread's bytecodes, and a signal
+        # that lands on one of Ray's threads interrupts no blocking wait here.
+        while not stop.wait(timeout=0.5):
             pass
         print("stopping the app ...", flush=True)
 

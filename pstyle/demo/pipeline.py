@@ -140,8 +140,10 @@ def serve_until_interrupted(out: Path) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ray Train's trainer leaves its own
     child = subprocess.Popen(cmd, cwd=serve_app_root())
     try:
-        while child.poll() is None:  # short waits: a SIGINT that lands on one of Ray's threads
-            time.sleep(0.5)  # interrupts no blocking wait, only the next bytecode of this thread
+        # Short sleeps, not child.wait(): a SIGINT that lands on one of Ray's threads interrupts no
+        # blocking wait here, only the next bytecode of this thread.
+        while child.poll() is None:
+            time.sleep(0.5)
     except KeyboardInterrupt:
         child.send_signal(signal.SIGINT)  # also when the SIGINT reached only this process
         child.wait()

@@ -161,6 +161,14 @@ def drive(spec: dict[str, Any], url: str, out: Path) -> dict[str, Any]:
     }
 
 
+def deploy_demo_app(store: str, **changes: Any) -> ServeConfig:
+    """The app on the running Serve instance, one replica per deployment, with the short alias TTL
+    and event flush a demo wants (changes happen within a second); returns its config."""
+    config = ServeConfig(store=store, alias_ttl_s=1.0, event_flush_s=0.5, **changes)
+    serve.run(build_app(config, autoscaling_config=None, num_replicas=1), name="pstyle", route_prefix="/")
+    return config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, required=True, help="JSON written by pstyle.demo.pipeline")
@@ -169,10 +177,9 @@ def main() -> None:
     args = parser.parse_args()
     spec = json.loads(args.spec.read_text())
     torch.set_num_threads(1)  # the rater only: the replicas have the CPUs
-    config = ServeConfig(store=spec["store"], size=spec["size"], alias_ttl_s=1.0, event_flush_s=0.5)
     ensure_ray(args.address, include_dashboard=False, log_to_driver=False)
     with serve_on_loopback() as url:
-        serve.run(build_app(config, autoscaling_config=None, num_replicas=1), name="pstyle", route_prefix="/")
+        config = deploy_demo_app(spec["store"], size=spec["size"])
         result = drive(spec, url, args.out)
     result["config"] = asdict(config)
     (args.out / "serving.json").write_text(json.dumps(result, indent=1))

@@ -335,6 +335,7 @@ class Arm:
         return self.errors / self.exposures if self.exposures else None
 
     def latency_ms(self, percentile: float) -> float | None:
+        """The arm's latency at `percentile` (0-100), or None before any exposure was timed."""
         import numpy as np
 
         return float(np.percentile(self.latencies, percentile)) if self.latencies else None

@@ -15,6 +15,7 @@ cached per (user, set digest), so only a user's first request after changing the
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 import threading
 import time
@@ -38,8 +39,10 @@ from pstyle.serving.regions import region_masks
 from pstyle.serving.style_sets import StyleSet, StyleSets
 from pstyle.serving.stylize import fit_to_stride
 from pstyle.store import open_store
-from pstyle.store.registry import PRODUCTION_ALIAS, Registry, RegistryError
+from pstyle.store.registry import PRODUCTION_ALIAS, IntegrityError, Registry, RegistryError
 from pstyle.training.checkpoint import fingerprint, load_checkpoint
+
+logger = logging.getLogger("ray.serve")  # replica logs: Serve ships them to its log files
 
 BASE_VERSION = "base"  # what a zero-shot render reports as its adapter version
 NO_STYLE = "upload 1-16 style images to PUT /v1/me/styles (or send `style` files with the request)"
@@ -69,6 +72,7 @@ class StylizeResult:
     image: Tensor | None  # (3, H, W) in [0, 1]; None when `error` says why
     version: int | str | None = None  # adapter version, or BASE_VERSION for a zero-shot render
     error: str | None = None
+    server_fault: bool = False  # the error is a broken stored artifact (ours), not the user's request
 
 
 def prepare_image(data: bytes, name: str, size: int, config: ServeConfig) -> Tensor:
@@ -107,7 +111,7 @@ class AdapterServer:
         self._sets: dict[str, tuple[StyleSet, float]] = {}  # user -> (style set, expiry)
         self._codes: OrderedDict[tuple[str, str], Tensor] = OrderedDict()  # (user, set digest) -> code
         self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.integrity_errors = 0
         self.code_hits = self.code_misses = 0
         self.cold_load_s: list[float] = []
 
@@ -159,6 +163,11 @@ class AdapterServer:
             for i, req in enumerate(requests):
                 try:
                     planned.append((i, *self._plan(req)))
+                except IntegrityError as exc:  # a corrupt or missing blob: logged, counted, this user only
+                    self.integrity_errors += 1
+                    logger.error("adapter of %s failed its integrity check: %s", req.user_id, exc)
+                    message = f"server-side problem with your adapter, reported to the operators: {exc}"
+                    results[i] = StylizeResult(None, error=message, server_fault=True)
                 except (NoAdapter, RegistryError, ValueError) as exc:
                     results[i] = StylizeResult(None, error=str(exc))
             groups: dict[tuple, list[tuple[int, str | None, Tensor, int | str]]] = {}
@@ -239,4 +248,5 @@ class AdapterServer:
             "style_code_misses": self.code_misses,
             "resident_adapters": len(self.bank.resident),
             "spilled_adapters": len(self.bank.spilled),
+            "integrity_errors": self.integrity_errors,
         }

@@ -57,6 +57,11 @@ def pointer_key(user_id: str) -> str:
     return f"users/{validate_id(user_id)}/style_set.json"
 
 
+def style_key(user_id: str, image_id: str) -> str:
+    """Where a style image lives: content-addressed (its PNG's sha256) under the user's prefix."""
+    return f"users/{validate_id(user_id)}/styles/{image_id}.png"
+
+
 def outputs_prefix(user_id: str) -> str:
     """Where the service keeps the images it returned, so a rating can later train on the image rated."""
     return f"users/{validate_id(user_id)}/outputs"
@@ -105,7 +110,7 @@ class StyleSets:
         validate_id(user_id)
         keys = []
         for png in map(_png, decode_styles(files, max_pixels)):
-            key = f"users/{user_id}/styles/{hashlib.sha256(png).hexdigest()}.png"
+            key = style_key(user_id, hashlib.sha256(png).hexdigest())
             if not self.store.exists(key):
                 self.store.put_bytes(key, png)
             keys.append(key)
@@ -124,7 +129,7 @@ class StyleSets:
         """The PNG of image `image_id` (its content hash) if it is in the user's current set, else None:
         a user can only ever name keys under their own prefix, and only the set they have now."""
         style_set = self.get(user_id)
-        key = f"users/{user_id}/styles/{image_id}.png"
+        key = style_key(user_id, image_id)
         if style_set is None or key not in style_set.images:
             return None
         return self.store.get_bytes(key)
