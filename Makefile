@@ -12,7 +12,7 @@ PIP := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(PY) -m pip
 
 .PHONY: setup chromium test demo lint bench clean
 
-setup: $(STAMP) chromium
+setup: $(STAMP)
 
 # The browser tests drive Debian's chromium (Playwright cannot download its own browser here).
 # Installed when missing: CI runs as root on a fresh machine; elsewhere install it yourself.
@@ -31,7 +31,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -c "import torch, torchvision, ray, pstyle; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ray', ray.__version__)"
 	touch $(STAMP)
 
-test: setup
+test: setup chromium
 	$(PY) -m pytest -q tests
 
 demo: setup

@@ -139,6 +139,7 @@ async function loadStyles() {
       item.append(img);
       return item;
     }));
+    for (const old of list.querySelectorAll("img")) URL.revokeObjectURL(old.src);
     list.replaceChildren(...items);
     $("style-empty").hidden = true;
   } catch (error) {
