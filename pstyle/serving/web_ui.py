@@ -29,9 +29,13 @@ SECURITY_HEADERS = {
 }
 
 
-@cache
 def ui_file(name: str) -> tuple[bytes, str] | None:
     """(bytes, media type) of one of the page's files, or None for any other name."""
-    if name not in UI_FILES:
+    if name not in UI_FILES:  # checked before the cache, which then holds the listed files only
         return None
-    return files("pstyle.serving").joinpath("ui", name).read_bytes(), UI_FILES[name]
+    return _read(name), UI_FILES[name]
+
+
+@cache
+def _read(name: str) -> bytes:
+    return files("pstyle.serving").joinpath("ui", name).read_bytes()
