@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
-
-import pytest
 
 from pstyle.serving.background import background_pool
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
 def test_pool_threads_run_in_the_idle_class_and_the_caller_does_not() -> None:
     pool = background_pool(1, "test")
     try:
