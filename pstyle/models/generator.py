@@ -13,6 +13,7 @@ from pstyle.models.layers import ModulatedConv, ModulatedResBlock, adain
 
 DOWNSAMPLING = 16  # the trunk's deepest stride: H and W must be multiples of this
 NOISE_STRIDE = 4  # noise maps live at 1/4 resolution
+BORDER = 8  # reflected pixels around the content while synthesizing (2 * BORDER divides by DOWNSAMPLING)
 
 
 class DecoderStage(nn.Module):
@@ -90,7 +91,17 @@ class Generator(nn.Module):
         return content + alpha * (stylized - content)
 
     def synthesize(self, content: Tensor, style_code: Tensor, noise: Tensor) -> Tensor:
-        """The full-strength stylization."""
+        """The full-strength stylization, computed on the content with a reflected border, then cropped.
+
+        Without the border the image edges are the network's zero padding: the outputs carried a
+        bright 1-px line along the top and left and a dark one along the bottom. With it every output
+        pixel is an interior pixel with real context on all sides.
+        """
+        content = F.pad(content, (BORDER,) * 4, mode="reflect")
+        noise = F.pad(noise, (BORDER // NOISE_STRIDE,) * 4, mode="reflect")
+        return self._synthesize(content, style_code, noise)[..., BORDER:-BORDER, BORDER:-BORDER]
+
+    def _synthesize(self, content: Tensor, style_code: Tensor, noise: Tensor) -> Tensor:
         w = self.mapping(style_code)
         f2, f4, f8, f16 = (
             adain(f, mean.to(f.dtype), std.to(f.dtype))
