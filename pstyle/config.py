@@ -217,7 +217,12 @@ class ServeConfig(ConfigFile):
     base: str = "base"  # base model name in the registry (what train-base --ray and tune publish)
     base_ref: str = "production"  # alias or version of that base
     adapter_alias: str = "production"  # which adapter version a user gets outside experiments
-    alias_ttl_s: float = 10.0  # how stale an alias resolution may be: new versions/rollbacks land within it
+    alias_ttl_s: float = 10.0  # cached alias resolutions and style sets are re-read in the background:
+    # new versions, rollbacks and new style sets land within it (pstyle.serving.stale_cache)
+    auth_ttl_s: float = 1.0  # the same for API-key records: a revoked or rotated key stops working
+    # within it; 0 re-reads the record on every request
+    stale_if_error_s: float = 300.0  # while the store is unreachable, cached aliases, style sets, key
+    # records and experiments keep serving for this long since their last good read
     device_cache_bytes: int = 64 * 2**20  # adapters resident on the device (AdapterBank slots)
     host_cache_bytes: int = 2 * 2**30  # spilled adapters in host memory (thousands of rank-8 adapters)
     shards: int = 64  # users hash into shards; a shard is the multiplexed id, for adapter locality

@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import time
 from typing import Any
@@ -57,9 +58,10 @@ from pstyle.serving.experiments import (
     promote,
     report,
 )
+from pstyle.serving.kept_outputs import KeptOutputs
 from pstyle.serving.personalize_jobs import JobQueue, JobRecords, JobRefused, PersonalizeJob, new_job
 from pstyle.serving.regions import REGIONS
-from pstyle.serving.replica import AdapterServer, StylizeRequest, StylizeResult, prepare_image
+from pstyle.serving.replica import STORE_DOWN, AdapterServer, StylizeRequest, StylizeResult, prepare_image
 from pstyle.serving.signed_ids import ImageIds, load_secret
 from pstyle.serving.style_sets import (
     MAX_STYLE_IMAGES,
@@ -70,7 +72,7 @@ from pstyle.serving.style_sets import (
 )
 from pstyle.serving.upload_form import FormError, parse_form
 from pstyle.serving.web_ui import SECURITY_HEADERS, ui_file
-from pstyle.store import open_store
+from pstyle.store import StoreError, open_store
 from pstyle.store.events import EventLog
 from pstyle.store.layout import adapter_progress_key
 from pstyle.store.registry import Registry, describe
@@ -159,6 +161,13 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
     """FastAPI's own 404/405/... in the API's one error shape."""
     return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+@app.exception_handler(StoreError)
+async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
+    """The store is unreachable (or refusing): the request may succeed later, so 503, never 500."""
+    logging.getLogger("ray.serve").warning("store error: %s", exc)
+    return JSONResponse({"error": STORE_DOWN}, status_code=503, headers={"Retry-After": "5"})
 
 
 @app.exception_handler(RequestValidationError)
@@ -290,12 +299,14 @@ class Ingress:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.config = ServeConfig.from_dict(user_config)
-        store = open_store(self.config.store)
+        store = open_store(self.config.store, interactive=True)
         if self.events is not None:
             self.events.close()
         self.store = store
-        self.keys = ApiKeys(store)
-        self.experiments = ExperimentStore(store)
+        grace = self.config.stale_if_error_s
+        self.keys = ApiKeys(store, ttl_s=self.config.auth_ttl_s, max_stale_s=grace)
+        self.experiments = ExperimentStore(store, max_stale_s=grace)
+        self.outputs = KeptOutputs(store)
         self.registry = Registry(store)
         self.style_sets = StyleSets(store)
         self.jobs = JobRecords(store)
@@ -389,6 +400,8 @@ class Ingress:
             self.latency.observe(latency_ms, tags=tags)
             self._record("exposure", user, **tags, adapter_version=result.version, latency_ms=latency_ms,
                          error=result.error is not None)  # fmt: skip
+        if result.unavailable:  # the store could not be read for a cold load
+            raise self._unavailable(result.error, retry_after_s=5)
         if result.error is not None:  # nothing servable for this user (404), or a broken artifact (500)
             status = 500 if result.server_fault else 404
             self.errors.inc(tags={"status": str(status)})
@@ -425,11 +438,12 @@ class Ingress:
         return ApiError(503, message, {"Retry-After": str(retry_after_s)})
 
     def _deliver(self, user: str, image_id: str, result: StylizeResult, fmt: str) -> bytes:
-        """The response body; the PNG is also kept (keep_outputs) so a rating can train on it."""
+        """The response body; the PNG is also kept (keep_outputs, in the background) so a rating can
+        train on it."""
         body = image_to_bytes(result.image, fmt)
         if self.config.keep_outputs:
             kept = body if fmt == "png" else image_to_bytes(result.image, "png")
-            self.store.put_bytes(self._output_key(user, image_id), kept)
+            self.outputs.keep(self._output_key(user, image_id), kept)
         return body
 
     def _model_id(self, user: str) -> str:
@@ -644,9 +658,16 @@ class Ingress:
 
     @app.get("/v1/admin/stats", dependencies=AUTH)
     async def stats(self, request: Request) -> dict[str, Any]:
-        """One generator replica's adapter-cache counters (hit rate, cold loads)."""
+        """One generator replica's adapter-cache counters (hit rate, cold loads), and this ingress
+        replica's store-facing ones (events waiting for the store, outputs kept or not)."""
         await self._admin(request)
-        return await self.generator.stats.remote()
+        ingress = {
+            "events_pending": self.events.pending,
+            "outputs_kept": self.outputs.kept,
+            "outputs_not_kept": self.outputs.not_kept,
+            "stale_reads": self.keys.stale_served + self.experiments.stale_served,
+        }
+        return {**await self.generator.stats.remote(), "ingress": ingress}
 
     @app.post("/v1/admin/experiments", dependencies=AUTH)
     async def create_experiment(self, request: Request) -> dict[str, Any]:

@@ -52,3 +52,40 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert proc.stderr.strip().startswith("error: invalid user id '../bob'")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_disk_full_during_publish_is_one_line_and_leaves_no_version(
+    tmp_path: Path, make_adapter, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:  # noqa: ANN001
+    """The second blob of the publish hits ENOSPC (as fsync reports a full disk): the command fails
+    with one line naming it, no version appears, the alias stays, and no temp file is left behind."""
+    import errno
+    import os
+
+    from pstyle.cli.main import main
+
+    store = tmp_path / "store"
+    first, second = (
+        make_adapter(tmp_path / "a0", "alice", seed=0),
+        make_adapter(tmp_path / "a1", "alice", seed=1),
+    )
+    Registry(LocalStore(store)).publish_adapter("alice", first, aliases=["production"])
+    real_fsync, syncs = os.fsync, []
+
+    def full_disk(fd: int) -> None:
+        syncs.append(fd)
+        if len(syncs) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr("pstyle.store.atomic.os.fsync", full_disk)
+    argv = ["pstyle", "registry", "publish", "adapter", "alice", str(second), "--alias", "production"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--store", str(store)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1 and "No space left on device" in err, err
+    registry = Registry(LocalStore(store))
+    assert registry.versions("adapter", "alice") == [1]
+    assert registry.aliases("adapter", "alice") == {"production": 1}
+    assert [p for p in store.rglob("*") if p.name.startswith(".")] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -65,4 +66,37 @@ def test_background_flush_without_new_events(store: Store) -> None:
     while not list(read_events(store, "feedback")):
         assert time.monotonic() < deadline, "the background thread never flushed"
         time.sleep(0.05)
+    log.close()
+
+
+def test_background_log_never_writes_on_the_callers_thread_and_an_outage_loses_nothing(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's log: appends only buffer (a full batch wakes the flusher); while the store fails,
+    every event stays buffered, and all of them land once it is back."""
+    from pstyle.store import LocalStore, StoreError
+
+    store = LocalStore(tmp_path / "store")
+    real_put, writers, down = store.put_bytes, set(), [True]
+
+    def put(key: str, data: bytes, if_absent: bool = False) -> None:
+        writers.add(threading.current_thread().name)
+        if down[0]:
+            raise StoreError("S3 is down")
+        real_put(key, data, if_absent)
+
+    monkeypatch.setattr(store, "put_bytes", put)
+    log = EventLog(store, batch_size=5, flush_interval_s=0.1, background=True)
+    for i in range(23):
+        log.append("feedback", "alice", image_id=f"img{i}", rating=3)
+    time.sleep(0.5)  # several failed flushes
+    assert log.pending == 23 and writers == {"event-flush"}
+    down[0] = False
+    deadline = time.monotonic() + 10
+    while log.pending:
+        assert time.monotonic() < deadline, "buffered events never landed"
+        time.sleep(0.05)
+    assert sorted(e["image_id"] for e in read_events(store, "feedback")) == sorted(
+        f"img{i}" for i in range(23)
+    )
     log.close()

@@ -125,7 +125,7 @@ def test_active_for_serves_the_last_list_while_the_store_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = LocalStore(tmp_path / "store")
-    experiments = ExperimentStore(store, cache_ttl_s=0)
+    experiments = ExperimentStore(store, cache_ttl_s=0, max_stale_s=60)
     experiments.create(ab())
     assert [e.name for e in experiments.active_for("alice")] == ["exp1"]
 

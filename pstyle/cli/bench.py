@@ -59,6 +59,30 @@ def bench_real_users_cmd(out_dir: Path, model_dir: Path | None, size: int, steps
     show(result, real_users_table(result), out_dir)
 
 
+@bench.command("chaos")
+@out_option
+@click.option("--down", "down_s", default=20.0, show_default=True, help="seconds the S3 endpoint is gone")
+@click.option("--delay", "delay_s", default=2.0, show_default=True, help="seconds added to each S3 request")
+@click.option("--phase", "phase_s", default=15.0, show_default=True, help="seconds of load per slow-S3 phase")
+def bench_chaos_cmd(out_dir: Path, down_s: float, delay_s: float, phase_s: float) -> None:
+    """Store faults (S3 down, S3 slow) under loopback load on the real app: statuses, p99, recovery, loss."""
+    import subprocess
+
+    from pstyle.demo.pipeline import serve_app_root
+
+    args = [
+        "--down",
+        str(down_s),
+        "--delay",
+        str(delay_s),
+        "--phase",
+        str(phase_s),
+        "--out",
+        str(out_dir.resolve()),
+    ]
+    sys.exit(subprocess.call([sys.executable, "-m", "pstyle.bench.chaos", *args], cwd=serve_app_root()))
+
+
 @bench.command("adapters")
 @out_option
 @click.option("--device", default="auto", show_default=True)

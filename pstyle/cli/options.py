@@ -16,7 +16,7 @@ from pstyle.store import StoreError
 C = TypeVar("C", bound=ConfigFile)
 
 # ImageError, CheckpointError and RegistryError are ValueErrors; StoreError: a backend that keeps failing.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, StoreError)
+USER_ERRORS = (ValueError, KeyError, OSError, StoreError)  # OSError: missing files, a full disk, ...
 
 
 def resolve_device(name: str) -> torch.device:

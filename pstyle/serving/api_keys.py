@@ -12,6 +12,10 @@ cache of verified keys that made revocation lag. HMAC costs microseconds, so eve
 record and checks it: revoking or rotating a key takes effect on the next request, in every process.
 The secret means a copy of the records alone cannot even test a candidate key.
 
+A server may trust a record it read for `ttl_s` (re-reading it in the background after that), and
+keep using it while the store is unreachable (`max_stale_s`): a slow or failing store then delays
+revocation by that much instead of failing every request. The default, 0, reads on every call.
+
 Records written by earlier versions (`"algorithm": "scrypt"`) are refused, not verified: checking
 them would bring back the per-request scrypt cost. Their users get the usual 401 and the server logs
 that the key must be rotated (`pstyle users create USER --rotate`, which keeps the admin flag).
@@ -27,9 +31,12 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 from pstyle.ids import validate_id
 from pstyle.serving.signed_ids import load_secret
+from pstyle.serving.stale_cache import StaleCache
 from pstyle.store import KeyExists, KeyNotFound, Store
 
 KEY_PREFIX = "psk"
@@ -107,12 +114,13 @@ def create_user(store: Store, user_id: str, admin: bool | None = None, rotate: b
 
 
 class ApiKeys:
-    """Verify API keys against the store: one record read and one HMAC per call, nothing cached
-    but the server secret (read on first use, so building one touches no storage)."""
+    """Verify API keys against the store: one record read (see the module on `ttl_s`) and one HMAC
+    per call; the server secret is read on first use, so building one touches no storage."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, ttl_s: float = 0.0, max_stale_s: float = 0.0) -> None:
         self.store = store
         self._secret: bytes | None = None
+        self._records: StaleCache[str, dict[str, Any]] = StaleCache(ttl_s, max_stale_s, name="api-keys")
 
     def authenticate(self, key: str | None) -> Principal:
         """The key's Principal, or AuthError (same message whatever was wrong)."""
@@ -123,7 +131,7 @@ class ApiKeys:
             self._secret = load_secret(self.store, API_KEY_SECRET)
         presented = digest(self._secret, key)
         try:
-            record = json.loads(self.store.get_bytes(record_key(user_id)))
+            record = self._records.get(user_id, partial(self._read_record, user_id))
             algorithm, stored, admin = record["algorithm"], record.get("digest"), record.get("admin", False)
         except (KeyNotFound, ValueError, KeyError, TypeError):  # unknown user or unreadable record
             raise AuthError(AUTH_FAILED) from None
@@ -141,6 +149,14 @@ class ApiKeys:
         ):
             raise AuthError(AUTH_FAILED)
         return Principal(user_id, bool(admin))
+
+    @property
+    def stale_served(self) -> int:
+        """Requests verified against a record the store could not confirm just then."""
+        return self._records.stale_served
+
+    def _read_record(self, user_id: str) -> dict[str, Any]:
+        return json.loads(self.store.get_bytes(record_key(user_id)))
 
     def revoke(self, user_id: str) -> None:
         """Delete the user's key record: the key stops working on its next request, everywhere."""

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import re
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 
 from pstyle.ids import ID_PATTERN, validate_id
 from pstyle.ratings import parse_rating
+from pstyle.serving.stale_cache import StaleCache
 from pstyle.store import KeyExists, KeyNotFound, Store
 from pstyle.store.events import read_events
 from pstyle.store.registry import CANDIDATE_ALIAS, PRODUCTION_ALIAS, Registry, RegistryError
@@ -173,18 +173,18 @@ class ExperimentStore:
     """Experiments in the artifact store.
 
     `active_for` serves from the list of running experiments cached for `cache_ttl_s`, so a new or
-    stopped experiment reaches a serving replica within that delay. One caller at a time refreshes
-    it (others keep the stale list meanwhile); if a refresh fails and a stale list exists, the stale
-    list is served for another TTL rather than failing requests. The refresh is blocking I/O: from
-    async code, call it in a thread.
+    stopped experiment reaches a serving replica within that delay. After that the list is reloaded
+    in the background while requests get the last one, which also serves for `max_stale_s` while
+    the store is unreachable (`StaleCache`). The first load is blocking I/O: from async code, call
+    it in a thread.
     """
 
-    def __init__(self, store: Store, cache_ttl_s: float = 5.0) -> None:
+    def __init__(self, store: Store, cache_ttl_s: float = 5.0, max_stale_s: float = 0.0) -> None:
         self.store = store
         self.cache_ttl_s = cache_ttl_s
-        self._running: tuple[float, list[Experiment]] | None = None
-        self._lock = threading.Lock()
-        self._refreshing = threading.Lock()
+        self._running: StaleCache[str, list[Experiment]] = StaleCache(
+            cache_ttl_s, max_stale_s, name="experiments"
+        )
 
     def _key(self, name: str) -> str:
         return f"{PREFIX}/{validate_id(name, 'experiment name')}.json"
@@ -243,34 +243,15 @@ class ExperimentStore:
         validate_id(user_id)
         return [e for e in self._running_experiments() if assign(e, user_id) is not None]
 
+    @property
+    def stale_served(self) -> int:
+        return self._running.stale_served
+
     def _running_experiments(self) -> list[Experiment]:
-        with self._lock:
-            cached = self._running
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        # Without any list, wait for whoever refreshes; with a stale one, let them and serve it.
-        if not self._refreshing.acquire(blocking=cached is None):
-            return cached[1] if cached is not None else []
-        try:
-            with self._lock:
-                if self._running is not None and self._running[0] > time.monotonic():
-                    return self._running[1]  # refreshed by another caller while this one waited
-            try:
-                running = [e for e in self.list() if e.status == "running"]
-            except Exception:
-                if cached is None:
-                    raise
-                log.warning("could not refresh the experiment list; serving the last one", exc_info=True)
-                running = cached[1]  # the store is unavailable: keep serving the last known list
-            with self._lock:
-                self._running = (time.monotonic() + self.cache_ttl_s, running)
-            return running
-        finally:
-            self._refreshing.release()
+        return self._running.get("running", lambda: [e for e in self.list() if e.status == "running"])
 
     def _invalidate(self) -> None:
-        with self._lock:
-            self._running = None
+        self._running.clear()
 
 
 # ---- report ----------------------------------------------------------------------------------

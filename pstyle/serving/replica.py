@@ -36,9 +36,10 @@ from pstyle.images import open_image, resize_shorter_side, to_tensor
 from pstyle.models.generator import DOWNSAMPLING
 from pstyle.models.precision import inference_autocast, inference_input, inference_module
 from pstyle.serving.regions import region_masks
+from pstyle.serving.stale_cache import StaleCache
 from pstyle.serving.style_sets import StyleSet, StyleSets
 from pstyle.serving.stylize import fit_to_stride
-from pstyle.store import open_store
+from pstyle.store import StoreError, open_store
 from pstyle.store.registry import PRODUCTION_ALIAS, IntegrityError, Registry, RegistryError
 from pstyle.training.checkpoint import fingerprint, load_checkpoint
 
@@ -46,6 +47,7 @@ logger = logging.getLogger("ray.serve")  # replica logs: Serve ships them to its
 
 BASE_VERSION = "base"  # what a zero-shot render reports as its adapter version
 NO_STYLE = "upload 1-16 style images to PUT /v1/me/styles (or send `style` files with the request)"
+STORE_DOWN = "storage is unreachable, retry shortly"
 
 
 class NoAdapter(LookupError):
@@ -73,6 +75,7 @@ class StylizeResult:
     version: int | str | None = None  # adapter version, or BASE_VERSION for a zero-shot render
     error: str | None = None
     server_fault: bool = False  # the error is a broken stored artifact (ours), not the user's request
+    unavailable: bool = False  # the error is the store being unreachable: retrying later will work
 
 
 def prepare_image(data: bytes, name: str, size: int, config: ServeConfig) -> Tensor:
@@ -89,7 +92,7 @@ class AdapterServer:
     def __init__(self, config: ServeConfig, device: torch.device | str = "cpu") -> None:
         self.config = config
         self.device = torch.device(device)
-        self.registry = Registry(open_store(config.store))
+        self.registry = Registry(open_store(config.store, interactive=True))
         self._cache_dir = tempfile.TemporaryDirectory(prefix="pstyle-serve-")
         base = self.registry.resolve("base", config.base, config.base_ref)
         model, _ = load_checkpoint(
@@ -107,8 +110,8 @@ class AdapterServer:
             host_capacity_bytes=config.host_cache_bytes,
             grouped_max_fraction=config.grouped_max_fraction,
         )
-        self._aliases: dict[tuple[str, str], tuple[int, float]] = {}  # (user, ref) -> (version, expiry)
-        self._sets: dict[str, tuple[StyleSet, float]] = {}  # user -> (style set, expiry)
+        self._aliases: StaleCache[tuple[str, str], int] = self._cache(config, "aliases")  # -> version
+        self._sets: StaleCache[str, StyleSet] = self._cache(config, "style-sets")
         self._codes: OrderedDict[tuple[str, str], Tensor] = OrderedDict()  # (user, set digest) -> code
         self._lock = threading.Lock()
         self.hits = self.misses = self.integrity_errors = 0
@@ -120,21 +123,24 @@ class AdapterServer:
         afresh."""
         self.config = config
         self.bank.set_path_rule(config.grouped_max_fraction)
-        self._aliases.clear()
-        self._sets.clear()
+        self._aliases = self._cache(config, "aliases")
+        self._sets = self._cache(config, "style-sets")
+
+    @staticmethod
+    def _cache(config: ServeConfig, name: str) -> StaleCache:
+        return StaleCache(config.alias_ttl_s, config.stale_if_error_s, config.code_cache_entries, name)
 
     def resolve(self, user_id: str, ref: str) -> int:
-        """The adapter version `ref` names for the user, cached for `alias_ttl_s`."""
-        now = time.monotonic()
-        cached = self._aliases.get((user_id, ref))
-        if cached and cached[1] > now:
-            return cached[0]
-        try:
-            version = self.registry.resolve("adapter", validate_id(user_id), ref).number
-        except RegistryError as exc:
-            raise NoAdapter(f"user {user_id!r} has no adapter {ref!r}") from exc
-        self._aliases[(user_id, ref)] = (version, now + self.config.alias_ttl_s)
-        return version
+        """The adapter version `ref` names for the user: cached for `alias_ttl_s`, then refreshed in
+        the background (`StaleCache`), so a slow or unreachable store never holds up cached users."""
+
+        def load() -> int:
+            try:
+                return self.registry.resolve("adapter", validate_id(user_id), ref).number
+            except RegistryError as exc:
+                raise NoAdapter(f"user {user_id!r} has no adapter {ref!r}") from exc
+
+        return self._aliases.get((user_id, ref), load)
 
     def ensure(self, user_id: str, version: int) -> str:
         """The bank key of this user's adapter version, loading it from the registry on a miss."""
@@ -168,6 +174,9 @@ class AdapterServer:
                     logger.error("adapter of %s failed its integrity check: %s", req.user_id, exc)
                     message = f"server-side problem with your adapter, reported to the operators: {exc}"
                     results[i] = StylizeResult(None, error=message, server_fault=True)
+                except StoreError as exc:  # a cold load while the store is down: retry later
+                    logger.warning("store unreachable for %s: %s", req.user_id, exc)
+                    results[i] = StylizeResult(None, error=STORE_DOWN, unavailable=True)
                 except (NoAdapter, RegistryError, ValueError) as exc:
                     results[i] = StylizeResult(None, error=str(exc))
             groups: dict[tuple, list[tuple[int, str | None, Tensor, int | str]]] = {}
@@ -199,18 +208,9 @@ class AdapterServer:
         return key, self.bank.style_code(key), version
 
     def style_set(self, user_id: str) -> StyleSet | None:
-        """The user's stored style set, cached for `alias_ttl_s` like their adapter aliases (a new set
-        lands within it). Absence is not cached: a user's first upload serves at once."""
-        now = time.monotonic()
-        cached = self._sets.get(user_id)
-        if cached and cached[1] > now:
-            return cached[0]
-        if len(self._sets) >= self.config.code_cache_entries:
-            self._sets.clear()
-        style_set = self.style_sets.get(user_id)
-        if style_set is not None:
-            self._sets[user_id] = (style_set, now + self.config.alias_ttl_s)
-        return style_set
+        """The user's stored style set, cached like their adapter aliases (a new set lands within
+        `alias_ttl_s`). Absence is not cached: a user's first upload serves at once."""
+        return self._sets.get(user_id, partial(self.style_sets.get, user_id))
 
     def _code(self, user_id: str, digest: str, styles: Callable[[], Tensor]) -> Tensor:
         """The style code of a user's style images, from the LRU cache or encoded now."""

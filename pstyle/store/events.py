@@ -5,6 +5,11 @@ Hive-style dated prefixes, `events/<kind>/date=YYYY-MM-DD/<time>-<random>.jsonl`
 rewritten, so concurrent writers (many Serve replicas) need no coordination, and a reader streaming
 a time range lists only the days it covers. `close()` (also run at interpreter exit) flushes, so a
 clean shutdown loses nothing.
+
+With a background flusher (a server), `append` never writes: it only wakes the flusher, so a slow or
+unreachable store never holds up the request that recorded an event. A failed flush keeps every
+event buffered and the next one retries, so an outage delays events without losing them. A process
+killed outright loses what it had buffered: at most `flush_interval_s` of events (or `batch_size`).
 """
 
 from __future__ import annotations
@@ -46,16 +51,26 @@ class EventLog:
         self._oldest = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._due = threading.Event()  # wakes the background flusher early (a full batch)
+        self.background = background
         if background:
             threading.Thread(target=self._flush_periodically, daemon=True, name="event-flush").start()
         atexit.register(self.close)
 
+    @property
+    def pending(self) -> int:
+        """Events buffered, not yet in the store."""
+        with self._lock:
+            return len(self._buffer)
+
     def _flush_periodically(self) -> None:
-        while not self._stop.wait(self.flush_interval_s):
+        while not self._stop.is_set():
+            self._due.wait(self.flush_interval_s)
+            self._due.clear()
             try:
                 self.flush()
-            except Exception:  # the events stay buffered; the next tick or close() retries
-                logger.exception("event flush failed")
+            except Exception as exc:  # the events stay buffered; the next tick or close() retries
+                logger.warning("event flush failed (%s); %d events stay buffered", exc, self.pending)
 
     def append(self, kind: str, user_id: str, **fields: Any) -> dict[str, Any]:
         """Record one event; returns it with its id and timestamp. Flushes when the batch is due."""
@@ -71,7 +86,9 @@ class EventLog:
                 self._oldest = event["ts"]
             self._buffer.append(event)
             due = len(self._buffer) >= self.batch_size or event["ts"] - self._oldest >= self.flush_interval_s
-        if due:
+        if due and self.background:
+            self._due.set()
+        elif due:
             self.flush()
         return event
 
@@ -99,6 +116,7 @@ class EventLog:
 
     def close(self) -> None:
         self._stop.set()
+        self._due.set()
         if self._buffer:
             self.flush()
         atexit.unregister(self.close)

@@ -36,6 +36,11 @@ CLIENT_CONFIG = Config(
     connect_timeout=10,
     read_timeout=60,
 )
+INTERACTIVE_CONFIG = Config(  # a request waits: three quick tries, then StoreError (a 503)
+    retries={"mode": "standard", "total_max_attempts": 3},
+    connect_timeout=2,
+    read_timeout=15,
+)
 MISSING = {"NoSuchKey", "404", "NotFound"}
 
 
@@ -49,10 +54,16 @@ class S3Store(Store):
     conditional_writes = True
 
     def __init__(
-        self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client: BaseClient | None = None
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        client: BaseClient | None = None,
+        interactive: bool = False,
     ) -> None:
         """`client` replaces the one built here (custom retries, event hooks); `arrow_storage` still
-        takes its credentials from the standard chain."""
+        takes its credentials from the standard chain. `interactive` gives up sooner
+        (`INTERACTIVE_CONFIG`): for stores that requests wait on."""
         if not bucket:
             raise ValueError("S3Store needs a bucket name")
         prefix = prefix.rstrip("/")
@@ -60,22 +71,24 @@ class S3Store(Store):
         self.prefix = check_key(prefix) if prefix else ""
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.endpoint_url = endpoint_url
+        self.interactive = interactive
         self.session = boto3.Session()
-        self.client = client or self.session.client("s3", endpoint_url=endpoint_url, config=CLIENT_CONFIG)
+        config = INTERACTIVE_CONFIG if interactive else CLIENT_CONFIG
+        self.client = client or self.session.client("s3", endpoint_url=endpoint_url, config=config)
         self._bucket_seen = False
 
     @classmethod
-    def from_uri(cls, uri: str) -> S3Store:
+    def from_uri(cls, uri: str, interactive: bool = False) -> S3Store:
         """`s3://bucket` or `s3://bucket/some/prefix`."""
         if not uri.startswith("s3://"):
             raise ValueError(f"not an s3:// URI: {uri!r}")
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        return cls(bucket, prefix)
+        return cls(bucket, prefix, interactive=interactive)
 
     def __reduce__(self) -> tuple:
         """Boto3 clients do not pickle: a copy sent to a Ray worker rebuilds its own client there
         (from the worker's configuration chain, unless an explicit endpoint was given)."""
-        return type(self), (self.bucket, self.prefix, self.endpoint_url)
+        return type(self), (self.bucket, self.prefix, self.endpoint_url, None, self.interactive)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)

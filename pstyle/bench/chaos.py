@@ -1,0 +1,290 @@
+"""`pstyle bench chaos` (`python -m pstyle.bench.chaos`): store faults under a bounded loopback load.
+
+The app is the real one (`serve.app`, local Ray, Serve over loopback HTTP) on a real S3 API
+(moto_server), reached through a `FaultProxy` that takes the endpoint away or slows it down. Each
+scenario reports the clients' status counts, p99 latency, the time to recover and what was lost:
+
+  S3 down      warm users (adapter, key record and experiments cached) keep stylizing and rating;
+               a cold user gets 503 + Retry-After; recovery is the time from the endpoint's return
+               to the cold user's first 200; lost counts acknowledged ratings missing from the
+               store once the ingress has flushed (it must be 0).
+  S3 slow      every chunk sent to S3 is held `delay_s`: warm users' p99 against a baseline phase
+               of the same load with no delay (target: at most 2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import requests
+import torch
+
+from pstyle.bench.common import machine_description, write_result
+from pstyle.bench.fault_proxy import FaultProxy
+from pstyle.bench.loopback_s3 import local_s3_server
+from pstyle.bench.serve_http import deploy, loopback_serve, noise_jpeg, populate
+from pstyle.config import ServeConfig
+from pstyle.store import Store
+from pstyle.store.events import read_events
+from pstyle.store.s3 import S3Store
+
+SLOW_TARGET = 2.0  # warm users' p99 with a slow store, over their p99 without
+
+
+@dataclass
+class Target:
+    """A served app whose store can fail: its URL, API keys, the proxy, and the store reached
+    directly (to count what landed)."""
+
+    url: str
+    keys: dict[str, str]
+    proxy: FaultProxy
+    store: Store
+    image: bytes
+
+
+@dataclass
+class Call:
+    user: str
+    status: int  # 0: no HTTP answer (connection error or timeout)
+    seconds: float
+    at: float  # monotonic time it finished
+
+
+def stylize(session: requests.Session, target: Target, user: str) -> tuple[Call, str | None]:
+    """One stylize call; (the call, its image id when it succeeded)."""
+    t0 = time.monotonic()
+    try:
+        r = session.post(
+            f"{target.url}/v1/stylize",
+            files={"image": ("photo.jpg", target.image)},
+            headers={"Authorization": f"Bearer {target.keys[user]}"},
+            timeout=60,
+        )
+        status, image_id = r.status_code, r.headers.get("X-Image-Id")
+        if status == 503 and "Retry-After" not in r.headers:
+            status = -503  # a 503 that does not say when to retry: counted apart
+    except requests.RequestException:
+        status, image_id = 0, None
+    now = time.monotonic()
+    return Call(user, status, now - t0, now), image_id if status == 200 else None
+
+
+def rate(session: requests.Session, target: Target, user: str, image_id: str) -> Call:
+    t0 = time.monotonic()
+    try:
+        status = session.post(
+            f"{target.url}/v1/feedback",
+            json={"image_id": image_id, "rating": 4},
+            headers={"Authorization": f"Bearer {target.keys[user]}"},
+            timeout=60,
+        ).status_code
+    except requests.RequestException:
+        status = 0
+    now = time.monotonic()
+    return Call(user, status, now - t0, now)
+
+
+class Load:
+    """Warm users stylizing and rating in a loop, one thread each, until stopped; every call kept."""
+
+    def __init__(self, target: Target, users: list[str], rate_outputs: bool = True) -> None:
+        self.target, self.rate_outputs = target, rate_outputs
+        self.calls: list[Call] = []
+        self.acknowledged: list[str] = []  # image ids whose rating the API accepted
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(u,), daemon=True) for u in users]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _run(self, user: str) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            call, image_id = stylize(session, self.target, user)
+            calls = [call]
+            if image_id is not None and self.rate_outputs:
+                calls.append(feedback := rate(session, self.target, user, image_id))
+                if feedback.status == 200:
+                    with self._lock:
+                        self.acknowledged.append(image_id)
+            with self._lock:
+                self.calls.extend(calls)
+
+
+def p99_ms(calls: list[Call]) -> float:
+    times = sorted(c.seconds for c in calls)
+    return 1e3 * times[min(len(times) - 1, int(0.99 * len(times)))] if times else float("nan")
+
+
+def s3_outage(
+    target: Target, warm: list[str], cold: str, down_s: float, lead_s: float = 2.0, timeout_s: float = 60.0
+) -> dict[str, Any]:
+    """The endpoint gone for `down_s` under load; see the module docstring."""
+    session = requests.Session()
+    cold_calls: list[Call] = []
+    with Load(target, warm) as load:
+        time.sleep(lead_s)
+        target.proxy.down()
+        went_down = time.monotonic()
+        while time.monotonic() - went_down < down_s:
+            cold_calls.append(stylize(session, target, cold)[0])
+            time.sleep(0.5)
+        target.proxy.up()
+        came_back = time.monotonic()
+        recovered = None
+        while recovered is None and time.monotonic() - came_back < timeout_s:
+            call = stylize(session, target, cold)[0]
+            cold_calls.append(call)
+            if call.status == 200:
+                recovered = call.at - came_back
+            else:
+                time.sleep(0.2)
+    during = [c for c in load.calls if went_down <= c.at <= came_back]
+    missing = set(load.acknowledged)
+    deadline = time.monotonic() + timeout_s
+    while missing and time.monotonic() < deadline:
+        missing -= {e["image_id"] for e in read_events(target.store, "feedback")}
+        if missing:
+            time.sleep(1.0)
+    return {
+        "fault": f"S3 down {down_s:g} s",
+        "statuses": dict(Counter(c.status for c in load.calls)),
+        "statuses_during": dict(Counter(c.status for c in during)),
+        "cold_statuses": dict(Counter(c.status for c in cold_calls)),
+        "p99_ms": p99_ms([c for c in load.calls if c.status == 200]),
+        "recovery_s": recovered,
+        "ratings_acknowledged": len(load.acknowledged),
+        "lost": len(missing),
+    }
+
+
+def s3_slow(target: Target, warm: list[str], delay_s: float, phase_s: float) -> dict[str, Any]:
+    """Warm users' latency with the endpoint healthy, then with every chunk sent to it held `delay_s`."""
+    phases = {}
+    for name, delay in (("baseline", 0.0), ("slow", delay_s)):
+        target.proxy.delay_s = delay
+        with Load(target, warm) as load:
+            time.sleep(phase_s)
+        phases[name] = load.calls
+    target.proxy.delay_s = 0.0
+    ok = {name: [c for c in calls if c.status == 200] for name, calls in phases.items()}
+    base, slow = p99_ms(ok["baseline"]), p99_ms(ok["slow"])
+    return {
+        "fault": f"S3 slow (+{delay_s:g} s per request)",
+        "statuses": dict(Counter(c.status for c in phases["slow"])),
+        "p99_ms": slow,
+        "baseline_p99_ms": base,
+        "p99_ratio": slow / base,
+        "max_ms": 1e3 * max((c.seconds for c in ok["slow"]), default=float("nan")),
+        "recovery_s": 0.0,
+        "lost": 0,
+    }
+
+
+@contextmanager
+def chaos_app(s3_url: str, bucket: str, workdir: Path, users: int = 4, **changes: Any) -> Iterator[Target]:
+    """The app on a private local Ray, its store `s3://bucket/chaos` reached through a FaultProxy in
+    front of `s3_url`; users user0000.. each have an adapter, and only those a scenario warms up
+    are cached by the replica.
+
+    The Ray processes reach S3 through the proxy (AWS_ENDPOINT_URL while Ray starts)."""
+    store = S3Store(bucket, "chaos", endpoint_url=s3_url)
+    keys = populate(store, users, workdir)
+    proxy = FaultProxy(_host_port(s3_url))
+    config = ServeConfig(
+        store=f"s3://{bucket}/chaos", alias_ttl_s=1.0, auth_ttl_s=1.0, event_flush_s=0.5, size=64,
+        **changes,
+    )  # fmt: skip
+    try:
+        with proxy_env(proxy.url), loopback_serve() as (_, _, url):
+            deploy(config, concurrency=8)
+            yield Target(url, keys, proxy, store, noise_jpeg(96, seed=0))
+    finally:
+        proxy.close()
+
+
+@contextmanager
+def proxy_env(endpoint: str) -> Iterator[None]:
+    """boto3 in this process and in the Ray processes started inside reaches S3 at `endpoint`."""
+    saved = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("AWS_ENDPOINT_URL")
+        else:
+            os.environ["AWS_ENDPOINT_URL"] = saved
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
+def bench_chaos(down_s: float = 20.0, delay_s: float = 2.0, phase_s: float = 15.0) -> dict[str, Any]:
+    """Both store scenarios on a fresh moto_server and app; the rows of the chaos table."""
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+        os.environ.setdefault(name, value)
+    with local_s3_server() as s3_url, tempfile.TemporaryDirectory() as tmp:
+        bucket = "pstyle-chaos"
+        boto3.client("s3", endpoint_url=s3_url).create_bucket(Bucket=bucket)
+        with chaos_app(s3_url, bucket, Path(tmp)) as target:
+            *warm, cold = target.keys
+            for user in warm:  # warm every cache: key record, alias, adapter, experiments
+                stylize(requests.Session(), target, user)
+            rows = [
+                s3_outage(target, warm, cold, down_s),
+                s3_slow(target, warm, delay_s, phase_s),
+            ]
+    return {"benchmark": "chaos", "machine": machine_description(torch.device("cpu")), "rows": rows}
+
+
+def chaos_table(result: dict[str, Any]) -> str:
+    lines = [f"{'fault':<28}{'statuses':<34}{'p99 ms':>9}{'recovery s':>12}{'lost':>6}"]
+    for row in result["rows"]:
+        statuses = " ".join(f"{k}:{v}" for k, v in sorted(row["statuses"].items(), key=lambda kv: str(kv[0])))
+        if "cold_statuses" in row:
+            statuses += " | cold " + " ".join(f"{k}:{v}" for k, v in sorted(row["cold_statuses"].items()))
+        recovery = "-" if row["recovery_s"] is None else f"{row['recovery_s']:.1f}"
+        lines.append(f"{row['fault']:<28}{statuses:<34}{row['p99_ms']:>9.0f}{recovery:>12}{row['lost']:>6}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--down", type=float, default=20.0, help="seconds the S3 endpoint is gone")
+    parser.add_argument("--delay", type=float, default=2.0, help="seconds added to each S3 request")
+    parser.add_argument("--phase", type=float, default=15.0, help="seconds of load per slow-S3 phase")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = parser.parse_args(argv)
+    result = bench_chaos(args.down, args.delay, args.phase)
+    table = chaos_table(result)
+    print(table)
+    print(f"wrote {write_result(result, table, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
