@@ -275,6 +275,7 @@ class Personalizer:
     max_queued_requests=128,
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
     graceful_shutdown_timeout_s=10,
+    health_check_period_s=2,  # a dead ingress is noticed and replaced in seconds (its check is trivial)
 )
 @serve.ingress(app)
 class Ingress:

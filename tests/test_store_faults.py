@@ -39,3 +39,15 @@ def test_a_slow_store_never_holds_up_cached_users(target) -> None:
     row = s3_slow(target, ["user0000", "user0001"], delay_s=2.0, phase_s=5.0)
     assert set(row["statuses"]) == {200}, row
     assert row["max_ms"] < 2000, row
+
+
+def test_a_killed_ingress_is_replaced_and_loses_at_most_one_flush_interval(target) -> None:
+    from pstyle.bench.chaos import ingress_killed
+
+    row = ingress_killed(target, ["user0000", "user0001"], flush_s=0.5)
+    assert set(row["statuses"]) <= {200, 500, 503, 0}, row
+    # Serve's proxy answers 500 for a request inside the ingress when it dies (Ray maps RayActorError
+    # to 500 there): at most the two clients' calls in flight; every later one waits for the replacement.
+    assert row["statuses"].get(500, 0) <= 2 and row["statuses"].get(200, 0) > 0, row
+    assert row["recovery_s"] is not None and row["recovery_s"] < 30, row
+    assert row["lost"] <= row["ratings_at_risk"], row  # only events of the last flush interval

@@ -10,6 +10,9 @@ scenario reports the clients' status counts, p99 latency, the time to recover an
                store once the ingress has flushed (it must be 0).
   S3 slow      every chunk sent to S3 is held `delay_s`: warm users' p99 against a baseline phase
                of the same load with no delay (target: at most 2x).
+  ingress      the only Ingress replica killed outright: statuses until the replacement answers,
+               and the acknowledged ratings that died in its event buffer (bounded by those of the
+               last `event_flush_s`).
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ import torch
 from pstyle.bench.common import machine_description, write_result
 from pstyle.bench.fault_proxy import FaultProxy
 from pstyle.bench.loopback_s3 import local_s3_server
-from pstyle.bench.serve_http import deploy, loopback_serve, noise_jpeg, populate
+from pstyle.bench.serve_http import APP, deploy, loopback_serve, noise_jpeg, populate
 from pstyle.config import ServeConfig
 from pstyle.store import Store
 from pstyle.store.events import read_events
 from pstyle.store.s3 import S3Store
 
 SLOW_TARGET = 2.0  # warm users' p99 with a slow store, over their p99 without
+EVENT_FLUSH_S = 0.5  # the app's event_flush_s: what a killed ingress can lose is bounded by it
 
 
 @dataclass
@@ -103,10 +107,14 @@ class Load:
     def __init__(self, target: Target, users: list[str], rate_outputs: bool = True) -> None:
         self.target, self.rate_outputs = target, rate_outputs
         self.calls: list[Call] = []
-        self.acknowledged: list[str] = []  # image ids whose rating the API accepted
+        self.acknowledged_at: list[tuple[str, float]] = []  # (image id, when) of ratings the API accepted
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(u,), daemon=True) for u in users]
+
+    @property
+    def acknowledged(self) -> list[str]:
+        return [image_id for image_id, _ in self.acknowledged_at]
 
     def __enter__(self) -> Load:
         for thread in self._threads:
@@ -127,7 +135,7 @@ class Load:
                 calls.append(feedback := rate(session, self.target, user, image_id))
                 if feedback.status == 200:
                     with self._lock:
-                        self.acknowledged.append(image_id)
+                        self.acknowledged_at.append((image_id, feedback.at))
             with self._lock:
                 self.calls.extend(calls)
 
@@ -202,6 +210,53 @@ def s3_slow(target: Target, warm: list[str], delay_s: float, phase_s: float) -> 
     }
 
 
+def kill_ingress(app: str = APP) -> None:
+    """Kill the app's (one) Ingress replica outright, as a crashed process: `ray.kill` ends its worker
+    process with no shutdown hook run, so nothing it buffered is flushed."""
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(f"SERVE_REPLICA::{app}#Ingress")]  # fmt: skip
+    if len(names) != 1:
+        raise RuntimeError(f"expected one Ingress replica, found {names}")
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+
+def ingress_killed(target: Target, warm: list[str], flush_s: float, lead_s: float = 3.0,
+                   timeout_s: float = 60.0) -> dict[str, Any]:  # fmt: skip
+    """Kill the only Ingress replica under load: what clients saw until a replacement answered, and
+    how many acknowledged ratings died in its event buffer (at most those of the last `flush_s`)."""
+    with Load(target, warm) as load:
+        time.sleep(lead_s)
+        kill_ingress()
+        killed = time.monotonic()
+        recovered = None
+        while recovered is None and time.monotonic() - killed < timeout_s:
+            time.sleep(0.2)
+            with load._lock:
+                after = [c for c in load.calls if c.status == 200 and c.at - c.seconds > killed]
+            if after:
+                recovered = min(c.at for c in after) - killed
+        time.sleep(1.0)
+    after_kill = [c for c in load.calls if c.at > killed]
+    acked_before = [i for i, at in load.acknowledged_at if at <= killed]
+    at_risk = [i for i, at in load.acknowledged_at if killed - flush_s <= at <= killed]
+    missing = set(load.acknowledged)
+    deadline = time.monotonic() + 2 * flush_s + 5
+    while missing and time.monotonic() < deadline:
+        missing -= {e["image_id"] for e in read_events(target.store, "feedback")}
+        time.sleep(0.5)
+    return {
+        "fault": "Ingress replica killed",
+        "statuses": dict(Counter(c.status for c in after_kill)),
+        "p99_ms": p99_ms([c for c in load.calls if c.status == 200]),
+        "recovery_s": recovered,
+        "ratings_acknowledged_before_kill": len(acked_before),
+        "ratings_at_risk": len(at_risk),
+        "lost": len(missing),
+    }
+
+
 @contextmanager
 def chaos_app(s3_url: str, bucket: str, workdir: Path, users: int = 4, **changes: Any) -> Iterator[Target]:
     """The app on a private local Ray, its store `s3://bucket/chaos` reached through a FaultProxy in
@@ -213,7 +268,7 @@ def chaos_app(s3_url: str, bucket: str, workdir: Path, users: int = 4, **changes
     keys = populate(store, users, workdir)
     proxy = FaultProxy(_host_port(s3_url))
     config = ServeConfig(
-        store=f"s3://{bucket}/chaos", alias_ttl_s=1.0, auth_ttl_s=1.0, event_flush_s=0.5, size=64,
+        store=f"s3://{bucket}/chaos", alias_ttl_s=1.0, auth_ttl_s=1.0, event_flush_s=EVENT_FLUSH_S, size=64,
         **changes,
     )  # fmt: skip
     try:
@@ -258,6 +313,7 @@ def bench_chaos(down_s: float = 20.0, delay_s: float = 2.0, phase_s: float = 15.
             rows = [
                 s3_outage(target, warm, cold, down_s),
                 s3_slow(target, warm, delay_s, phase_s),
+                ingress_killed(target, warm, EVENT_FLUSH_S),
             ]
     return {"benchmark": "chaos", "machine": machine_description(torch.device("cpu")), "rows": rows}
 
