@@ -1,21 +1,28 @@
-"""The Ray Train adapter job: many users' adapters fine-tuned, checked on held-out images, published."""
+"""The Ray Train adapter job: many users' adapters fine-tuned, checked on held-out images, published;
+after a SIGKILLed worker it resumes without training any user twice or losing one."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner
+from fixtures.tiny import tiny_config
 
 from pstyle.adapters import load_adapter, set_active_adapter, style_code
 from pstyle.adapters.personalize import GroupPersonalizer
-from pstyle.config import PersonalizeConfig
+from pstyle.config import AdapterJobConfig, PersonalizeConfig
 from pstyle.data.folders import StyleUsers
 from pstyle.data.splits import holdout_split
 from pstyle.data.synth import scene_tensors
@@ -26,6 +33,8 @@ from pstyle.distributed.adapter_jobs import (
     fetch_base,
     load_manifest,
     load_user_data,
+    run_adapter_job,
+    save_manifest,
     train_users,
     worker_resources,
 )
@@ -43,9 +52,14 @@ STEPS = 40  # most of the held-out gain comes in the first 20-40 steps (docs/ben
 def local_ray():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as env:
+        # Worker start-up can take tens of seconds on a busy 2-core machine (Ray Train's default
+        # limit is 60 s); the preemption watcher is one more process per run that tests do not need.
+        env.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+        env.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        yield
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +166,138 @@ def test_resubmitting_the_job_trains_nobody_again(job):
     records = train_users(again, entries, log=lambda _: None)
     assert sorted(records) == sorted([*USERS, CORRUPT]) and all(r["resumed"] for r in records.values())
     assert all(Registry(store).versions("adapter", u) == [summary["users"][u]["version"]] for u in USERS)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A base trained for a few steps at 32 px: the fault tests check the bookkeeping, not quality."""
+    from pstyle.training.trainer import train_base
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-base") / "base"
+    return train_base(tiny_config(), synth_dir, out, progress=False)
+
+
+class WorkerKilled(BaseException):
+    """Stands for a SIGKILL in a test without Ray: nothing in the job catches it."""
+
+
+def test_a_user_published_but_not_recorded_is_recorded_not_retrained(
+    tiny_base: Path, users_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A worker dies after claiming a user's version but before its alias and record: the resumed
+    attempt records that version (and its alias) instead of training and publishing the user again."""
+    store = LocalStore(tmp_path / "store")
+    registry = Registry(store)
+    registry.publish_base("base", tiny_base)
+    _, entries = load_manifest(store, users_dir)
+    entries = {u: entries[u] for u in ["dots-001", "halftone-007"]}
+    job = AdapterJob("cut", str(store.root), "base", 1, PersonalizeConfig(steps=2, eval_every=1).to_dict(),
+                     group_size=1)  # fmt: skip
+    set_alias = Registry.set_alias
+
+    def die_on_halftone(self: Registry, kind: str, owner: str, alias: str, number: int) -> None:
+        if owner == "halftone-007":
+            raise WorkerKilled
+        set_alias(self, kind, owner, alias, number)
+
+    monkeypatch.setattr(Registry, "set_alias", die_on_halftone)
+    with pytest.raises(WorkerKilled):
+        train_users(job, entries, log=lambda _: None)
+    assert registry.versions("adapter", "halftone-007") == [1]
+    assert not store.exists(job.record_key("halftone-007"))
+    monkeypatch.setattr(Registry, "set_alias", set_alias)
+    fitted: list[list[str]] = []
+    fit = GroupPersonalizer.fit_users
+
+    def counted_fit(self: GroupPersonalizer, *args: Any, **kwargs: Any) -> dict[str, dict]:
+        fitted.append(self.user_ids)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(GroupPersonalizer, "fit_users", counted_fit)
+    records = train_users(job, entries, log=lambda _: None)
+    assert fitted == []  # dots-001 has its record, halftone-007 its version: nobody is trained again
+    assert records["dots-001"]["resumed"] and records["halftone-007"]["recovered"]
+    recorded = json.loads(store.get_bytes(job.record_key("halftone-007")))
+    assert recorded["status"] == "published" and recorded["version"] == 1 and recorded["job"] == "cut"
+    for user in entries:
+        assert registry.versions("adapter", user) == [1]
+        assert registry.aliases("adapter", user) == {"candidate": 1}
+
+
+def train_workers(state: str | None = None) -> dict[str, dict]:
+    """This module's Ray's Ray Train workers by actor id (`state`: only those in it), with their pids and
+    start times, from the GCS actor table: `ray.util.state` needs the dashboard, which this Ray lacks."""
+    from ray._private.state import actors
+
+    table = actors(actor_state_name=state).items()
+    return {actor: info for actor, info in table if info["ActorClassName"] == "RayTrainWorker"}
+
+
+def _wait_gone(pid: int, timeout: float = 10) -> None:
+    """Until `pid` has exited (a zombie awaiting its parent counts as exited)."""
+    deadline = time.monotonic() + timeout
+    stat = Path(f"/proc/{pid}/stat")
+    while time.monotonic() < deadline:
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} still runs {timeout} s after SIGKILL")
+
+
+def test_killed_worker_resumes_without_training_a_user_twice_or_losing_one(
+    local_ray, tiny_base: Path, users_dir: Path, tmp_path: Path
+):
+    """Fault row: a Ray Train worker dies during an adapter job. One of the two workers is SIGKILLed
+    as soon as the first user is recorded; Ray Train restarts the group (max_failures=1) and the job
+    finishes: every user published exactly once, and the users recorded before the kill untouched."""
+    store = LocalStore(tmp_path / "store")
+    registry = Registry(store)
+    registry.publish_base("base", tiny_base)
+    _, entries = load_manifest(store, users_dir)
+    manifest = save_manifest(store, "four", {u: entries[u] for u in USERS})
+    records = "jobs/adapters/killed/users/"
+    earlier = set(train_workers())  # the module's other jobs' workers
+    seen: dict[str, object] = {}
+
+    def kill_a_worker_once_a_user_is_recorded() -> None:
+        deadline = time.monotonic() + 240
+        while not list(store.list(records)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        alive = {a: info["Pid"] for a, info in train_workers("ALIVE").items() if a not in earlier}
+        pid = alive[min(alive)]
+        os.kill(pid, signal.SIGKILL)
+        seen["at"], seen["wall"], seen["first"] = time.monotonic(), time.time(), set(alive)
+        _wait_gone(pid)
+        seen["recorded"] = {key: store.get_bytes(key) for key in store.list(records)}
+
+    killer = threading.Thread(target=kill_a_worker_once_a_user_is_recorded, daemon=True)
+    killer.start()
+    spec = AdapterJobConfig(users=manifest, base="base@1", store=str(store.root), name="killed", workers=2,
+                            group_size=1, n_content=8, max_failures=1, ray_address="local")  # fmt: skip
+    recipe = PersonalizeConfig(steps=20, eval_every=10, batch_size=4)  # seconds per user
+    summary = run_adapter_job(spec, recipe, log=lambda _: None)
+    killer.join(timeout=10)
+    assert len(seen.get("first", ())) == 2, seen  # both workers were running when one was killed
+
+    assert summary["published"] == sorted(USERS) and not summary["failed"] and not summary["skipped"]
+    for user in USERS:  # none lost, none published twice
+        version = summary["users"][user]["version"]
+        assert registry.versions("adapter", user) == [version], user
+        assert registry.aliases("adapter", user) == {"candidate": version}, user
+    recorded = seen["recorded"]
+    assert 1 <= len(recorded) < len(USERS), sorted(recorded)  # the kill came mid-job
+    for key, data in recorded.items():  # done before the kill: never trained or recorded again
+        assert store.get_bytes(key) == data, key
+    workers = train_workers()
+    restarted = set(workers) - earlier - seen["first"]
+    assert len(restarted) == 2, restarted  # the group was restarted once, with both workers
+    recovered = min(workers[a]["StartTime"] for a in restarted) / 1000 - seen["wall"]
+    print(f"kill -> new worker group {recovered:.1f} s, -> job end {time.monotonic() - seen['at']:.1f} s; "
+          f"{len(recorded)} of {len(USERS)} users recorded before the kill")  # fmt: skip
 
 
 def test_batched_group_trains_and_a_failing_group_spares_the_others(

@@ -1,12 +1,14 @@
 """Ray Tune search: config, Pareto logic, and tiny real searches on a local Ray (folder and S3 stores),
-with a retried failing trial and a killed-then-resubmitted experiment."""
+with a retried failing trial, a SIGKILLed trial process and a killed-then-resubmitted experiment."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -251,6 +253,73 @@ def test_a_failing_trial_is_retried_from_its_checkpoint(ray_local, small_model_c
     assert row["status"] == "terminated" and row["iterations"] == 2 and row["error"] is None
     assert row["starts"] == 2 and row["resumed_at_step"] == cfg.steps_per_iteration
     assert row["step"] == 2 * cfg.steps_per_iteration  # no step trained twice, none skipped
+
+
+def _trial_actors() -> dict[str, int]:
+    """{actor id: pid} of the live Tune trial actors (function trainables run in `ImplicitFunc`
+    actors), from the GCS actor table: `ray.util.state` needs the dashboard, which this Ray lacks."""
+    from ray._private.state import actors
+
+    table = actors(actor_state_name="ALIVE").items()
+    return {actor: info["Pid"] for actor, info in table if info["ActorClassName"] == "ImplicitFunc"}
+
+
+def test_a_killed_trial_process_is_retried_and_counted_once(ray_local, small_model_cfg, synth_dir, tmp_path):
+    """Fault row: a Tune trial process is killed. The first trial's actor is SIGKILLed once the trial
+    has checkpointed twice; Tune retries it from its last registered checkpoint (max_failures=1), the
+    search completes, and the results table has one row per trial, the killed one included once.
+    (One trial actor at a time: the random search must honour max_concurrent_trials=1.)"""
+    from ray.tune import ExperimentAnalysis
+
+    from pstyle.distributed.tune import run_search
+    from pstyle.store import open_store
+
+    cfg = tiny_tune_config(
+        small_model_cfg, tmp_path / "store", synth_dir, "sigkill", num_samples=2, iterations=4,
+        search="random", scheduler="none", max_concurrent_trials=1,
+    )  # fmt: skip
+    experiment = tmp_path / "store" / "ray" / "tune" / "sigkill"
+    seen: dict[str, object] = {}
+
+    def kill_the_trial_at_its_second_checkpoint() -> None:
+        # Iteration 2's checkpoint is written before its report, and the trial only got past
+        # iteration 1's report once the driver had registered that checkpoint.
+        deadline = time.monotonic() + 240
+        while not (second := sorted(experiment.glob("trial-*/checkpoint_000001"))):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        seen["actors"] = _trial_actors()
+        (pid,) = seen["actors"].values()
+        os.kill(pid, signal.SIGKILL)
+        seen["at"], seen["pid"] = time.monotonic(), pid
+        seen["trial"] = second[0].parent.name.removeprefix("trial-")
+
+    killer = threading.Thread(target=kill_the_trial_at_its_second_checkpoint, daemon=True)
+    killer.start()
+    summary = run_search(cfg, log=lambda _: None)
+    killer.join(timeout=10)
+    assert "trial" in seen, seen
+    killed, spi = seen["trial"], cfg.steps_per_iteration
+
+    rows = {r["trial_id"]: r for r in summary["rows"]}
+    assert len(summary["rows"]) == len(rows) == cfg.num_samples and killed in rows
+    for tid, row in rows.items():  # every trial finished its budget, the killed one on its second start
+        assert row["status"] == "terminated" and row["error"] is None, row
+        assert row["iterations"] == cfg.iterations and row["step"] == cfg.iterations * spi, row
+        assert row["starts"] == (2 if tid == killed else 1), row
+    # resumed from iteration 1's or 2's checkpoint, neither from scratch nor after the kill
+    assert rows[killed]["resumed_at_step"] in (spi, 2 * spi), rows[killed]
+    failures = {t.trial_id: t.num_failures for t in ExperimentAnalysis(str(experiment)).trials}
+    assert failures == {tid: int(tid == killed) for tid in rows}  # one retry, as FailureConfig allows
+    store = open_store(cfg.store)
+    table = store.get_bytes("tune/sigkill/trials.csv").decode().splitlines()
+    ids = [line.split(",")[0] for line in table[1:]]
+    assert sorted(ids) == sorted(rows) and ids.count(killed) == 1, table
+    assert [r["trial_id"] for r in json.loads(store.get_bytes("tune/sigkill/trials.json"))] == ids
+    assert _candidate(store).number == summary["version"] == 1
+    print(f"killed trial {killed} (pid {seen['pid']}), resumed at step {rows[killed]['resumed_at_step']}, "
+          f"search done {time.monotonic() - seen['at']:.1f} s after the kill")  # fmt: skip
 
 
 def _synced_statuses(experiment: Path) -> dict[str, str]:

@@ -15,9 +15,11 @@ raises is marked failed; neither stops the other users.
 Each user's outcome is a small JSON record in the store (`jobs/adapters/<job>/users/<user>.json`),
 written by the worker that trained it. That is how per-user results reach the driver (Ray Train
 only keeps rank 0's reported metrics) and what makes the job resumable: a worker restarted by
-`max_failures`, or the same job name submitted again, skips users whose record exists. (A worker
-killed between a publish and its record write publishes that user once more on resume.) The driver
-writes the job summary to `jobs/adapters/<job>/summary.json` (and optionally a local file).
+`max_failures`, or the same job name submitted again, skips users whose record exists. A worker
+killed between a publish and its record write left a version without a record: the resumed attempt
+finds that version (the user's latest, published by this job) and records it instead of training and
+publishing the user again. The driver writes the job summary to `jobs/adapters/<job>/summary.json`
+(and optionally a local file).
 
 Why Ray Train rather than plain tasks: the users are independent (no gradients are exchanged), so
 tasks would do; `TorchTrainer` gives the same gang-scheduled worker group, failure handling and run
@@ -46,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -65,6 +67,9 @@ from pstyle.ratings import parse_rating, rating_weight
 from pstyle.store import KeyNotFound, Store, check_key, open_store
 from pstyle.store.layout import ADAPTER_JOBS_PREFIX, adapter_progress_key, adapter_record_key
 from pstyle.store.registry import CANDIDATE_ALIAS, parse_ref
+
+if TYPE_CHECKING:
+    from pstyle.store.registry import Registry, Version
 
 MANIFEST_FORMAT = "pstyle-users/1"
 MANIFEST_PREFIX = "manifests"
@@ -318,8 +323,16 @@ def train_users(
         except UserDataError as exc:
             records[user] = _write_record(store, job, user, {"status": "skipped", "reason": str(exc)})
             log(f"[worker {worker}] skipped {user}: {exc}")
-    ready = sorted(data)
     registry = Registry(store)
+    ready = []
+    for user in sorted(data):
+        version = _published_by(registry, job, user)
+        if version is None:
+            ready.append(user)
+            continue
+        record = {"status": "published", "version": version.number, "worker": worker, "recovered": True}
+        records[user] = _write_record(store, job, user, {**record, **version.manifest["metrics"]})
+        log(f"[worker {worker}] {user}: v{version.number} was published before a restart; recorded it")
     for start in range(0, len(ready), job.group_size):
         group = ready[start : start + job.group_size]
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -369,6 +382,22 @@ def train_users(
                 f"published v{version.number} ({seconds:.0f} s)"
             )
     return records
+
+
+def _published_by(registry: Registry, job: AdapterJob, user: str) -> Version | None:
+    """The user's latest version when this job published it, with its `candidate` alias restored if
+    the publish was cut short before it: a worker killed after publishing but before writing the
+    record must not make a resumed attempt publish the user twice."""
+    numbers = registry.versions("adapter", user)
+    if not numbers:
+        return None
+    version = registry.get("adapter", user, numbers[-1])
+    metrics = version.manifest.get("metrics", {})
+    if metrics.get("job") != job.name or metrics.get("base") != f"{job.base_name}@{job.base_version}":
+        return None
+    if registry.aliases("adapter", user).get(CANDIDATE_ALIAS) != version.number:
+        registry.set_alias("adapter", user, CANDIDATE_ALIAS, version.number)
+    return version
 
 
 def _read_record(store: Store, job: AdapterJob, user: str) -> dict | None:

@@ -180,15 +180,20 @@ def max_concurrent(cfg: TuneConfig, resources: dict[str, float]) -> int:
     return n
 
 
-def _searcher(cfg: TuneConfig) -> Any:
+def _searcher(cfg: TuneConfig, limit: int) -> Any:
+    """The search algorithm, running at most `limit` trials at once. The searchers apply the limit
+    themselves: Tune's `max_concurrent_trials` only wraps a `Searcher` and is ignored (with a
+    warning) for the random search's `BasicVariantGenerator`."""
     if cfg.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
         # Multi-objective: metric/mode live on the searcher (TuneConfig's would be a single metric).
-        return OptunaSearch(metric=["swd", "ssim"], mode=["min", "max"], seed=cfg.seed)
+        optuna = OptunaSearch(metric=["swd", "ssim"], mode=["min", "max"], seed=cfg.seed)
+        return ConcurrencyLimiter(optuna, max_concurrent=limit)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=cfg.seed)
+    return BasicVariantGenerator(random_state=cfg.seed, max_concurrent=limit)
 
 
 def _scheduler(cfg: TuneConfig) -> Any:
@@ -239,9 +244,8 @@ def build_tuner(cfg: TuneConfig, storage_path: str, filesystem: Any) -> tuple[An
         param_space=space,
         tune_config=tune.TuneConfig(
             num_samples=cfg.num_samples,
-            search_alg=_searcher(cfg),
+            search_alg=_searcher(cfg, max_concurrent(cfg, ray.cluster_resources())),
             scheduler=_scheduler(cfg),
-            max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources()),
             trial_dirname_creator=trial_dirname,
             reuse_actors=True,  # one worker per slot: torch is imported once, not once per trial
         ),
