@@ -236,6 +236,8 @@ class ServeConfig(ConfigFile):
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.01
     event_flush_s: float = 2.0
+    event_spool: bool = True  # a write-ahead copy of buffered events on the node's disk: a killed
+    # ingress's events are written by its replacement on that node (pstyle.store.event_spool)
     style_size: int = 256  # side at which style images are encoded for zero-shot renders
     code_cache_entries: int = 10_000  # zero-shot style codes kept per replica: (user, set digest) -> code
     keep_outputs: bool = True  # store returned images, so a rating can later train on the image rated

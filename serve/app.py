@@ -73,6 +73,7 @@ from pstyle.serving.style_sets import (
 from pstyle.serving.upload_form import FormError, parse_form
 from pstyle.serving.web_ui import SECURITY_HEADERS, ui_file
 from pstyle.store import StoreError, open_store
+from pstyle.store.event_spool import spool_folder
 from pstyle.store.events import EventLog
 from pstyle.store.layout import adapter_progress_key
 from pstyle.store.registry import Registry, describe
@@ -313,7 +314,13 @@ class Ingress:
         self.jobs = JobRecords(store)
         self.image_ids = ImageIds(load_secret(store))
         self.large_decodes = background_pool(self.config.large_decodes, "large-decode")
-        self.events = EventLog(store, flush_interval_s=self.config.event_flush_s, background=True)
+        spool = spool_folder(store.uri) if self.config.event_spool else None
+        flush_s = self.config.event_flush_s
+        self.events = EventLog(store, flush_interval_s=flush_s, background=True, spool=spool)
+        if self.events.recovered:
+            logging.getLogger("ray.serve").warning(
+                "took over %d events a stopped ingress had buffered", self.events.recovered
+            )
 
     def __del__(self) -> None:
         """Graceful shutdown: buffered events reach the store."""

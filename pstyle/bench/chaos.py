@@ -11,8 +11,8 @@ scenario reports the clients' status counts, p99 latency, the time to recover an
   S3 slow      every chunk sent to S3 is held `delay_s`: warm users' p99 against a baseline phase
                of the same load with no delay (target: at most 2x).
   ingress      the only Ingress replica killed outright: statuses until the replacement answers,
-               and the acknowledged ratings that died in its event buffer (bounded by those of the
-               last `event_flush_s`).
+               and acknowledged ratings missing from the store (those of the last `event_flush_s`
+               were only in its buffer and its spool: the replacement must replay them).
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def kill_ingress(app: str = APP) -> None:
 def ingress_killed(target: Target, warm: list[str], flush_s: float, lead_s: float = 3.0,
                    timeout_s: float = 60.0) -> dict[str, Any]:  # fmt: skip
     """Kill the only Ingress replica under load: what clients saw until a replacement answered, and
-    how many acknowledged ratings died in its event buffer (at most those of the last `flush_s`)."""
+    how many acknowledged ratings never reached the store (at risk: those of the last `flush_s`)."""
     with Load(target, warm) as load:
         time.sleep(lead_s)
         kill_ingress()

@@ -9,7 +9,9 @@ clean shutdown loses nothing.
 With a background flusher (a server), `append` never writes: it only wakes the flusher, so a slow or
 unreachable store never holds up the request that recorded an event. A failed flush keeps every
 event buffered and the next one retries, so an outage delays events without losing them. A process
-killed outright loses what it had buffered: at most `flush_interval_s` of events (or `batch_size`).
+killed outright would lose what it had buffered (at most `flush_interval_s` of events); with a
+`spool` folder (`pstyle.store.event_spool`) those events are also on the node's disk, and the next
+EventLog on that folder writes them.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pstyle.ids import validate_id
 from pstyle.store import Store
+from pstyle.store.event_spool import EventSpool
 
 logger = logging.getLogger(__name__)
 PREFIX = "events"
@@ -40,15 +44,24 @@ class EventLog:
     """Buffer events in memory and write them in batches of `batch_size` or every `flush_interval_s`."""
 
     def __init__(
-        self, store: Store, batch_size: int = 256, flush_interval_s: float = 5.0, background: bool = False
+        self,
+        store: Store,
+        batch_size: int = 256,
+        flush_interval_s: float = 5.0,
+        background: bool = False,
+        spool: Path | None = None,
     ) -> None:
         """`background` adds a thread that flushes every `flush_interval_s` even when no new event
-        arrives (a server's quiet periods); without it, flushes happen on append and close."""
+        arrives (a server's quiet periods); without it, flushes happen on append and close.
+        `spool`: a folder on this node for the write-ahead copy; what dead processes left there is
+        picked up now and written with the first flush."""
         self.store = store
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
-        self._buffer: list[dict[str, Any]] = []
-        self._oldest = 0.0
+        self._spool = EventSpool(spool) if spool is not None else None
+        self._buffer: list[dict[str, Any]] = self._spool.claim_orphans() if self._spool else []
+        self.recovered = len(self._buffer)  # events a dead process had buffered, taken over here
+        self._oldest = time.time() - flush_interval_s if self._buffer else 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._due = threading.Event()  # wakes the background flusher early (a full batch)
@@ -82,6 +95,8 @@ class EventLog:
             **fields,
         }
         with self._lock:
+            if self._spool is not None:
+                self._spool.append(event)
             if not self._buffer:
                 self._oldest = event["ts"]
             self._buffer.append(event)
@@ -97,6 +112,7 @@ class EventLog:
         events go back to the buffer, so a later flush retries them."""
         with self._lock:
             batch, self._buffer = self._buffer, []
+            segments = self._spool.rotate() if self._spool is not None else []
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for event in batch:
             groups.setdefault((event["kind"], _day(event["ts"])), []).append(event)
@@ -111,7 +127,11 @@ class EventLog:
             with self._lock:
                 unwritten = [e for events in groups.values() for e in events]
                 self._buffer = unwritten[written:] + self._buffer
+                if self._spool is not None:
+                    self._spool.unwritten(segments)
             raise
+        if self._spool is not None:
+            self._spool.written(segments)
         return written
 
     def close(self) -> None:
@@ -147,10 +167,15 @@ def read_events(
             for i in range((dt.datetime.fromtimestamp(end, dt.UTC).date() - first).days + 1)
         }
     keys = [k for k in store.list(prefix) if days is None or k[len(prefix) :].split("/")[0][5:] in days]
-    events = []
+    events, seen = [], set()
     for key in keys:
         for line in store.get_bytes(key).decode().splitlines():
             event = json.loads(line)
+            event_id = event.get("id")
+            if event_id is not None:  # an id seen before: written twice, replayed from a spool
+                if event_id in seen:
+                    continue
+                seen.add(event_id)
             if user_id is not None and event["user_id"] != user_id:
                 continue
             if (start is not None and event["ts"] < start) or (end is not None and event["ts"] >= end):
