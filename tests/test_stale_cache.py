@@ -41,7 +41,8 @@ def test_a_change_lands_within_the_ttl_while_no_read_waits_on_a_slow_store() -> 
     source.value, source.delay_s = 2, 0.3  # the store changed, and every read of it takes 0.3 s
     values, slowest = read_for(cache, source, 1.0)
     assert slowest < 0.1  # the re-reads ran in the background
-    assert values[0] == 1 and values[-1] == 2 and values.index(2) * 0.01 < 0.2 / 2 + 0.05 + 0.3 + 0.2
+    assert values[0] == 1 and values[-1] == 2
+    assert values.index(2) * 0.01 < 0.2 + 0.3 + 0.2  # seen within the TTL + the slow read (+ slack)
 
 
 def test_gone_drops_the_entry_so_the_next_read_fails() -> None:
