@@ -36,6 +36,11 @@ def ray_local() -> Iterator[None]:
         # limit is 60 s); the preemption watcher is one more process per run that tests do not need.
         env.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
         env.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        # The nodes hold their own S3 credentials, as IRSA or an instance role gives a cluster's:
+        # pstyle ships none to the workers (S3Store.arrow_storage). moto accepts these dummies.
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+            env.setenv(name, value)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         yield
         ray.shutdown()

@@ -61,7 +61,7 @@ class S3Store(Store):
         client: BaseClient | None = None,
         interactive: bool = False,
     ) -> None:
-        """`client` replaces the one built here (custom retries, event hooks); `arrow_storage` still
+        """`client` replaces the one built here (custom retries, event hooks); `arrow_storage`
         takes its credentials from the standard chain. `interactive` gives up sooner
         (`INTERACTIVE_CONFIG`): for stores that requests wait on."""
         if not bucket:
@@ -136,22 +136,20 @@ class S3Store(Store):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def arrow_storage(self, prefix: str) -> tuple[str, object]:
-        """pyarrow's S3 filesystem on the same endpoint, region and (resolved) credentials, so Ray
-        Tune/Train checkpoints land in this bucket under this store's prefix.
+        """pyarrow's S3 filesystem on the same endpoint and region, so Ray Tune/Train checkpoints land
+        in this bucket under this store's prefix.
 
-        The credentials are a snapshot: temporary ones are not refreshed by the filesystem."""
+        No credentials are passed: pyarrow resolves the standard AWS chain itself (environment,
+        config files, web identity, instance metadata) in every process that unpickles the
+        filesystem, and refreshes short-lived ones. So nothing secret travels in Ray's RunConfig,
+        and a run that outlives its first credentials (IRSA, about an hour) keeps uploading."""
         from pyarrow.fs import S3FileSystem
 
         path = "/".join(part for part in (self.bucket, self.prefix, check_key(prefix)) if part)
         endpoint = urlsplit(self.client.meta.endpoint_url)
-        options = {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme}
-        credentials = self.session.get_credentials()
-        if credentials is not None:
-            frozen = credentials.get_frozen_credentials()
-            options |= {"access_key": frozen.access_key, "secret_key": frozen.secret_key}
-            if frozen.token:
-                options["session_token"] = frozen.token
-        return path, S3FileSystem(region=self.client.meta.region_name, **options)
+        return path, S3FileSystem(
+            region=self.client.meta.region_name, endpoint_override=endpoint.netloc, scheme=endpoint.scheme
+        )
 
     def _head(self, key: str) -> dict:
         with self._errors(key):
