@@ -43,7 +43,3 @@ class KeptOutputs:
         with self._lock:
             self.pending -= 1
             setattr(self, outcome, getattr(self, outcome) + 1)
-
-    def drain(self) -> None:
-        """Wait for the queued writes (shutdown, tests)."""
-        self._pool.submit(lambda: None).result()
