@@ -104,6 +104,25 @@ def test_max_concurrent_trials_follows_cluster_resources():
         max_concurrent(gpu, {"CPU": 16.0})  # asks for GPUs the cluster does not have
 
 
+def test_the_multi_objective_searcher_learns_only_from_full_budget_trials():
+    """A trial ASHA stopped early reaches Optuna as pruned; one that ran every iteration as complete,
+    with its two objectives."""
+    from optuna.trial import TrialState
+    from ray import tune
+
+    from pstyle.distributed.tune import _searcher
+
+    cfg = TuneConfig().with_overrides({"search": "optuna", "iterations": 4})
+    limiter = _searcher(cfg, limit=2)
+    limiter.set_search_properties(None, None, {"lr": tune.uniform(1e-4, 1e-2)})
+    assert limiter.suggest("stopped") is not None and limiter.suggest("finished") is not None
+    limiter.on_trial_complete("stopped", {"swd": 0.1, "ssim": 0.9, "training_iteration": 2})
+    limiter.on_trial_complete("finished", {"swd": 0.2, "ssim": 0.8, "training_iteration": 4})
+    trials = limiter.searcher._ot_study.trials
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE]
+    assert trials[1].values == [0.2, 0.8]
+
+
 def test_tuning_modules_do_not_import_ray():
     code = (
         "import sys, pstyle.distributed.tune, pstyle.distributed.tune_results, pstyle.bench.tune, "

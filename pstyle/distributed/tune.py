@@ -6,7 +6,8 @@ A trial is `BaseTrainer` from `pstyle.training.trainer`: every Tune iteration ru
 training steps, scores the model on held-out style images (`pstyle.evaluation.synthetic`), reports
 {swd, ssim, score} and saves a safetensors checkpoint (`BaseTrainer.save`) through Tune into the
 run's store. Searchers: Optuna TPE, multi-objective over (swd min, ssim max), or seeded random
-sampling. ASHA early-stops on the scalarised `score` (see `pstyle.distributed.tune_results`).
+sampling. ASHA early-stops on the scalarised `score` (see `pstyle.distributed.tune_results`);
+Optuna learns only from trials that ran their whole budget (early-stopped ones count as pruned).
 
 Store layout (the same store as the registry: a folder or s3://bucket/prefix):
     ray/tune/<name>/...         Tune's experiment: state, trial results, checkpoints
@@ -186,14 +187,28 @@ def _searcher(cfg: TuneConfig, limit: int) -> Any:
     warning) for the random search's `BasicVariantGenerator`."""
     if cfg.search == "optuna":
         from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
 
-        # Multi-objective: metric/mode live on the searcher (TuneConfig's would be a single metric).
-        optuna = OptunaSearch(metric=["swd", "ssim"], mode=["min", "max"], seed=cfg.seed)
-        return ConcurrencyLimiter(optuna, max_concurrent=limit)
+        return ConcurrencyLimiter(_full_budget_optuna(cfg), max_concurrent=limit)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(random_state=cfg.seed, max_concurrent=limit)
+
+
+def _full_budget_optuna(cfg: TuneConfig) -> Any:
+    """Optuna's multi-objective search (SWD down, SSIM up; metric and mode live on the searcher).
+
+    It learns only from trials that ran their whole budget: a trial ASHA stopped early is told to
+    the study as pruned, not as if its half-trained SWD and SSIM were final, which would pull the
+    Pareto front toward configurations that merely start fast."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class FullBudgetOptuna(OptunaSearch):
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if not error and result is not None and result.get("training_iteration", 0) < cfg.iterations:
+                result = None  # OptunaSearch tells a finished trial without metrics as PRUNED
+            super().on_trial_complete(trial_id, result, error)
+
+    return FullBudgetOptuna(metric=["swd", "ssim"], mode=["min", "max"], seed=cfg.seed)
 
 
 def _scheduler(cfg: TuneConfig) -> Any:
