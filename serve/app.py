@@ -78,6 +78,7 @@ from pstyle.store.events import EventLog
 from pstyle.store.layout import adapter_progress_key
 from pstyle.store.registry import Registry, describe
 
+log = logging.getLogger("ray.serve")  # replica logs: Serve ships them to its log files
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_REQUEST_STYLES = 4  # style files one stylize request may carry (zero-shot override)
 STYLE_IMAGE_ID = re.compile(r"[0-9a-f]{64}")  # a style image's id: the sha256 of its PNG
@@ -167,7 +168,7 @@ async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
 @app.exception_handler(StoreError)
 async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
     """The store is unreachable (or refusing): the request may succeed later, so 503, never 500."""
-    logging.getLogger("ray.serve").warning("store error: %s", exc)
+    log.warning("store error: %s", exc)
     return JSONResponse({"error": STORE_DOWN}, status_code=503, headers={"Retry-After": "5"})
 
 
@@ -318,9 +319,7 @@ class Ingress:
         flush_s = self.config.event_flush_s
         self.events = EventLog(store, flush_interval_s=flush_s, background=True, spool=spool)
         if self.events.recovered:
-            logging.getLogger("ray.serve").warning(
-                "took over %d events a stopped ingress had buffered", self.events.recovered
-            )
+            log.warning("took over %d events a stopped ingress had buffered", self.events.recovered)
 
     def __del__(self) -> None:
         """Graceful shutdown: buffered events reach the store."""

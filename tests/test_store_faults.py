@@ -8,13 +8,13 @@ import requests
 from conftest import make_bucket
 
 from pstyle.bench.chaos import chaos_app, s3_outage, s3_slow, stylize
+from pstyle.bench.loopback_s3 import LOOPBACK_ENV
 
 
 @pytest.fixture(scope="module")
 def target(s3_server: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a chaos Target
     with pytest.MonkeyPatch.context() as env:
-        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                            ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+        for name, value in LOOPBACK_ENV.items():
             env.setenv(name, value)
         bucket = make_bucket(s3_server)
         with chaos_app(s3_server, bucket, tmp_path_factory.mktemp("chaos"), users=3) as target:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from fixtures.tiny import tiny_settings
 
+from pstyle.bench.loopback_s3 import LOOPBACK_ENV
 from pstyle.config import PStyleConfig, TrainJob
 from tests.conftest import make_bucket
 
@@ -38,8 +39,7 @@ def ray_local() -> Iterator[None]:
         env.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         # The nodes hold their own S3 credentials, as IRSA or an instance role gives a cluster's:
         # pstyle ships none to the workers (S3Store.arrow_storage). moto accepts these dummies.
-        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                            ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+        for name, value in LOOPBACK_ENV.items():
             env.setenv(name, value)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         yield

@@ -18,7 +18,6 @@ scenario reports the clients' status counts, p99 latency, the time to recover an
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import threading
 import time
@@ -30,13 +29,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import requests
 import torch
 
 from pstyle.bench.common import machine_description, write_result
 from pstyle.bench.fault_proxy import FaultProxy
-from pstyle.bench.loopback_s3 import local_s3_server
+from pstyle.bench.loopback_s3 import environment, loopback_s3_env
 from pstyle.bench.serve_http import APP, deploy, loopback_serve, noise_jpeg, populate
 from pstyle.config import ServeConfig
 from pstyle.store import Store
@@ -140,6 +138,18 @@ class Load:
                 self.calls.extend(calls)
 
 
+def missing_ratings(store: Store, image_ids: list[str], timeout_s: float) -> set[str]:
+    """The acknowledged ratings (by image id) not in the store once the ingress had `timeout_s` to
+    flush them."""
+    missing, deadline = set(image_ids), time.monotonic() + timeout_s
+    while missing:
+        missing -= {e["image_id"] for e in read_events(store, "feedback")}
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return missing
+
+
 def p99_ms(calls: list[Call]) -> float:
     times = sorted(c.seconds for c in calls)
     return 1e3 * times[min(len(times) - 1, int(0.99 * len(times)))] if times else float("nan")
@@ -169,12 +179,7 @@ def s3_outage(
             else:
                 time.sleep(0.2)
     during = [c for c in load.calls if went_down <= c.at <= came_back]
-    missing = set(load.acknowledged)
-    deadline = time.monotonic() + timeout_s
-    while missing and time.monotonic() < deadline:
-        missing -= {e["image_id"] for e in read_events(target.store, "feedback")}
-        if missing:
-            time.sleep(1.0)
+    missing = missing_ratings(target.store, load.acknowledged, timeout_s)
     return {
         "fault": f"S3 down {down_s:g} s",
         "statuses": dict(Counter(c.status for c in load.calls)),
@@ -242,11 +247,7 @@ def ingress_killed(target: Target, warm: list[str], flush_s: float, lead_s: floa
     after_kill = [c for c in load.calls if c.at > killed]
     acked_before = [i for i, at in load.acknowledged_at if at <= killed]
     at_risk = [i for i, at in load.acknowledged_at if killed - flush_s <= at <= killed]
-    missing = set(load.acknowledged)
-    deadline = time.monotonic() + 2 * flush_s + 5
-    while missing and time.monotonic() < deadline:
-        missing -= {e["image_id"] for e in read_events(target.store, "feedback")}
-        time.sleep(0.5)
+    missing = missing_ratings(target.store, load.acknowledged, 2 * flush_s + 5)
     return {
         "fault": "Ingress replica killed",
         "statuses": dict(Counter(c.status for c in after_kill)),
@@ -273,25 +274,11 @@ def chaos_app(s3_url: str, bucket: str, workdir: Path, users: int = 4, **changes
         **changes,
     )  # fmt: skip
     try:
-        with proxy_env(proxy.url), loopback_serve() as (_, _, url):
+        with environment({"AWS_ENDPOINT_URL": proxy.url}), loopback_serve() as (_, _, url):
             deploy(config, concurrency=8)
             yield Target(url, keys, proxy, store, noise_jpeg(96, seed=0))
     finally:
-        proxy.close()
-
-
-@contextmanager
-def proxy_env(endpoint: str) -> Iterator[None]:
-    """boto3 in this process and in the Ray processes started inside reaches S3 at `endpoint`."""
-    saved = os.environ.get("AWS_ENDPOINT_URL")
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("AWS_ENDPOINT_URL")
-        else:
-            os.environ["AWS_ENDPOINT_URL"] = saved
+        proxy.down()
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -300,22 +287,21 @@ def _host_port(url: str) -> tuple[str, int]:
 
 
 def bench_chaos(down_s: float = 20.0, delay_s: float = 2.0, phase_s: float = 15.0) -> dict[str, Any]:
-    """Both store scenarios on a fresh moto_server and app; the rows of the chaos table."""
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
-        os.environ.setdefault(name, value)
-    with local_s3_server() as s3_url, tempfile.TemporaryDirectory() as tmp:
-        bucket = "pstyle-chaos"
-        boto3.client("s3", endpoint_url=s3_url).create_bucket(Bucket=bucket)
-        with chaos_app(s3_url, bucket, Path(tmp)) as target:
-            *warm, cold = target.keys
-            for user in warm:  # warm every cache: key record, alias, adapter, experiments
-                stylize(requests.Session(), target, user)
-            rows = [
-                s3_outage(target, warm, cold, down_s),
-                s3_slow(target, warm, delay_s, phase_s),
-                ingress_killed(target, warm, EVENT_FLUSH_S),
-            ]
+    """Every scenario on a fresh moto_server and app; the rows of the chaos table."""
+    bucket = "pstyle-chaos"
+    with (
+        loopback_s3_env(bucket) as s3_url,
+        tempfile.TemporaryDirectory() as tmp,
+        chaos_app(s3_url, bucket, Path(tmp)) as target,
+    ):
+        *warm, cold = target.keys
+        for user in warm:  # warm every cache: key record, alias, adapter, experiments
+            stylize(requests.Session(), target, user)
+        rows = [
+            s3_outage(target, warm, cold, down_s),
+            s3_slow(target, warm, delay_s, phase_s),
+            ingress_killed(target, warm, EVENT_FLUSH_S),
+        ]
     return {"benchmark": "chaos", "machine": machine_description(torch.device("cpu")), "rows": rows}
 
 

@@ -50,9 +50,6 @@ class FaultProxy:
         for conn in conns:
             _close(conn)
 
-    def close(self) -> None:
-        self.down()
-
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:

@@ -54,20 +54,27 @@ LOOPBACK_ENV = {
 
 
 @contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """This process's environment with `values` set (seen by child processes started inside, Ray's
+    included), restored after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def loopback_s3_env(bucket: str) -> Iterator[str]:
     """A moto_server with `bucket` created, and this process's AWS environment pointed at it (dummy
     credentials) so boto3, pyarrow and child processes all reach it; the environment is restored after."""
     import boto3
 
-    with local_s3_server() as url:
-        saved = {key: os.environ.get(key) for key in (*LOOPBACK_ENV, "AWS_ENDPOINT_URL")}
-        os.environ.update({**LOOPBACK_ENV, "AWS_ENDPOINT_URL": url})
-        try:
-            boto3.client("s3").create_bucket(Bucket=bucket)
-            yield url
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with local_s3_server() as url, environment({**LOOPBACK_ENV, "AWS_ENDPOINT_URL": url}):
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield url

@@ -72,9 +72,8 @@ class S3Store(Store):
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.endpoint_url = endpoint_url
         self.interactive = interactive
-        self.session = boto3.Session()
         config = INTERACTIVE_CONFIG if interactive else CLIENT_CONFIG
-        self.client = client or self.session.client("s3", endpoint_url=endpoint_url, config=config)
+        self.client = client or boto3.Session().client("s3", endpoint_url=endpoint_url, config=config)
         self._bucket_seen = False
 
     @classmethod
