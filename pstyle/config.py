@@ -513,6 +513,33 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+EXPORT_FORMATS = ("int8", "pruned", "compiled", "onnx")
+
+
+@dataclass
+class ExportConfig(ConfigFile):
+    """How `pstyle export` turns a base checkpoint into a serving variant (pstyle.training.variants)."""
+
+    format: str = flag("int8", "int8 | pruned | compiled | onnx")
+    channels: int = flag(
+        16, "pruned: the decoder width kept (the base's ModelConfig.channels is the full width)"
+    )
+    distill_steps: int = flag(300, "pruned: fine-tune steps matching the full generator's outputs")
+    distill_lr: float = flag(1e-4, "pruned: Adam learning rate of that fine-tune")
+    calibration_batches: int = flag(8, "batches of real and procedural content that calibrate or rank")
+    batch: int = flag(4, "images per calibration and fine-tune batch")
+    size: int = flag(128, "side of those images (px)")
+    seed: int = flag(0, "seeds the content crops, scenes, noise and style pairing")
+
+    def __post_init__(self) -> None:
+        if self.format not in EXPORT_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
+        if self.channels < 2 or self.distill_steps < 0 or self.calibration_batches < 1 or self.batch < 1:
+            raise ValueError("channels >= 2, distill_steps >= 0, calibration_batches >= 1 and batch >= 1")
+        if self.size < 32 or self.size % 16:
+            raise ValueError(f"size must be a multiple of 16 and at least 32, got {self.size}")
+
+
 @dataclass
 class DemoPlan(ConfigFile):
     """How big each stage is: the full demo and the `--tiny` one the tests run."""

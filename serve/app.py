@@ -136,7 +136,8 @@ class StyleReplica:
         return await asyncio.to_thread(self.server.run, requests)
 
     def stats(self) -> dict[str, float]:
-        return {**self.server.stats(), "base_version": self.server.base_version}
+        server = self.server
+        return {**server.stats(), "base_version": server.base_version, "base_variant": server.variant}
 
     def check_health(self) -> None:
         if self.server is None:

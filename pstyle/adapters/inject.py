@@ -16,7 +16,7 @@ from fnmatch import fnmatch
 import torch
 from torch import Tensor, nn
 
-from pstyle.adapters.lora import WRAPPERS, AdapterError, LoRALayer
+from pstyle.adapters.lora import AdapterError, LoRALayer, wrapper_type
 from pstyle.config import AdapterConfig
 
 REGISTRY = "adapter_registry"  # attribute name of the AdapterRegistry on the generator
@@ -46,7 +46,7 @@ def wrap_modules(generator: nn.Module, patterns: tuple[str, ...]) -> dict[str, L
     candidates = {
         name: m
         for name, m in generator.named_modules()
-        if (isinstance(m, LoRALayer) or type(m) in WRAPPERS)
+        if (isinstance(m, LoRALayer) or wrapper_type(m) is not None)
         and not any(name.startswith(w + ".") for w in wrappers)  # a wrapper's own base/down/up layers
     }
     for pattern in patterns:
@@ -57,7 +57,7 @@ def wrap_modules(generator: nn.Module, patterns: tuple[str, ...]) -> dict[str, L
         if not any(fnmatch(name, pattern) for pattern in patterns):
             continue
         if not isinstance(module, LoRALayer):
-            module = WRAPPERS[type(module)](module).train(module.training)
+            module = wrapper_type(module)(module).train(module.training)
             parent, _, child = name.rpartition(".")
             setattr(generator.get_submodule(parent), child, module)
         matched[name] = module

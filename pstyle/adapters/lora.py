@@ -210,5 +210,10 @@ class LoRAConv2d(LoRALayer):
 WRAPPERS: dict[type[nn.Module], type[LoRALayer]] = {nn.Linear: LoRALinear, nn.Conv2d: LoRAConv2d}
 
 
+def wrapper_type(module: nn.Module) -> type[LoRALayer] | None:
+    """The LoRA wrapper for a layer, subclasses included: an int8 Conv2d is adapted like a float one."""
+    return next((wrapper for kind, wrapper in WRAPPERS.items() if isinstance(module, kind)), None)
+
+
 def _factory(layer: nn.Module) -> dict[str, torch.device | torch.dtype]:
     return {"device": layer.weight.device, "dtype": layer.weight.dtype}

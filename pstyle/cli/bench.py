@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pstyle.cli.options import MODEL_OPTION, int_list, renamed_option, resolve_device
+from pstyle.cli.options import EXISTING_DIR, MODEL_OPTION, int_list, renamed_option, resolve_device
 from pstyle.config import TuneConfig
 
 out_option = click.option(
@@ -35,10 +35,37 @@ def bench() -> None:
 @click.option("--min-time", default=1.0, show_default=True, help="seconds of timing per configuration")
 @click.option("--sizes", default="128,256", show_default=True)
 @click.option("--batches", default="1,16", show_default=True)
-def bench_generator_cmd(out_dir: Path, device: str, min_time: float, sizes: str, batches: str) -> None:
-    """Generator images/s and ms/img (default: 128 and 256 px, batch 1 and 16)."""
+@click.option(
+    "--variants", is_flag=True, help="fp32 vs int8, pruned, compiled and onnx: speed and real-photo quality"
+)
+@MODEL_OPTION
+@click.option("--exported", default=None, type=EXISTING_DIR, help="--variants: a folder of <format>/ exports")
+@click.option("--grid", default=None, type=click.Path(dir_okay=False, path_type=Path), help="--variants: PNG")
+def bench_generator_cmd(
+    out_dir: Path,
+    device: str,
+    min_time: float,
+    sizes: str,
+    batches: str,
+    variants: bool,
+    model_dir: Path | None,
+    exported: Path | None,
+    grid: Path | None,
+) -> None:
+    """Generator images/s and ms/img (default: 128 and 256 px, batch 1 and 16), or with --variants
+    each serving variant against fp32 on CPU (the first size and batch)."""
     from pstyle.bench.common import bench_generator, generator_table
 
+    if variants:
+        from pstyle.bench.variants import bench_variants, variants_table
+        from pstyle.training.bundled import resolve_model_dir
+
+        size, batch = int_list(sizes)[-1], int_list(batches)[0]
+        result = bench_variants(
+            resolve_model_dir(model_dir), exported, size, batch, min_time=min_time, grid=grid
+        )
+        show(result, variants_table(result), out_dir)
+        return
     result = bench_generator(
         resolve_device(device), sizes=int_list(sizes), batches=int_list(batches), min_time=min_time
     )

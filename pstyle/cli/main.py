@@ -11,7 +11,15 @@ from pstyle.cli.bench import bench
 from pstyle.cli.data import data
 from pstyle.cli.demo import demo
 from pstyle.cli.loop import loop
-from pstyle.cli.model import bundle_cmd, config_group, eval_cmd, eval_subjects_cmd, stylize, train_base_cmd
+from pstyle.cli.model import (
+    bundle_cmd,
+    config_group,
+    eval_cmd,
+    eval_subjects_cmd,
+    export_cmd,
+    stylize,
+    train_base_cmd,
+)
 from pstyle.cli.options import USER_ERRORS
 from pstyle.cli.registry import registry
 from pstyle.cli.serving import ab, users
@@ -23,8 +31,8 @@ def cli() -> None:
     """pstyle: personalized image style transfer."""
 
 
-for command in (data, stylize, train_base_cmd, eval_cmd, eval_subjects_cmd, bundle_cmd, config_group, tune,
-                personalize, registry, users, ab, loop, demo, bench):  # fmt: skip
+for command in (data, stylize, train_base_cmd, eval_cmd, eval_subjects_cmd, bundle_cmd, export_cmd,
+                config_group, tune, personalize, registry, users, ab, loop, demo, bench):  # fmt: skip
     cli.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""`pstyle stylize`, `train-base`, `eval`, `eval-subjects`, `bundle` and `config`: the base model."""
+"""`pstyle stylize`, `train-base`, `eval`, `eval-subjects`, `bundle`, `export`, `config`: the base model."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pstyle.cli.options import (
     resolve_device,
     with_config,
 )
-from pstyle.config import TrainJob
+from pstyle.config import ExportConfig, TrainJob
 
 
 @click.command("eval-subjects")
@@ -55,6 +55,23 @@ def bundle_cmd(checkpoint: Path) -> None:
     from pstyle.training.bundled import bundle
 
     click.echo(f"bundled into {bundle(checkpoint)}")
+
+
+@click.command("export")
+@MODEL_OPTION
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@job_options(ExportConfig)
+def export_cmd(model_dir: Path | None, out_dir: Path, **flags: Any) -> None:
+    """Write a serving variant of a base checkpoint (int8, pruned, compiled or onnx) to OUT."""
+    from pstyle.training.bundled import resolve_model_dir
+    from pstyle.training.variants import export_variant
+
+    config = job_from_options(ExportConfig, flags)
+    if out_dir.exists():
+        raise click.UsageError(f"{out_dir} already exists: choose a new folder")
+    meta = export_variant(resolve_model_dir(model_dir), out_dir, config)
+    click.echo(f"{config.format} variant in {out_dir} ({meta['variant']['export_s']} s)")
+    click.echo(f"publish it: pstyle registry publish base NAME {out_dir}")
 
 
 @click.group("config")

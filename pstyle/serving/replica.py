@@ -35,6 +35,7 @@ from pstyle.ids import validate_id
 from pstyle.images import open_image, resize_shorter_side, to_tensor
 from pstyle.models.generator import DOWNSAMPLING
 from pstyle.models.precision import inference_autocast, inference_input, inference_module
+from pstyle.models.variants import apply_variant, variant_format
 from pstyle.serving.regions import region_masks
 from pstyle.serving.stale_cache import StaleCache
 from pstyle.serving.style_sets import StyleSet, StyleSets
@@ -95,10 +96,10 @@ class AdapterServer:
         self.registry = Registry(open_store(config.store, interactive=True))
         self._cache_dir = tempfile.TemporaryDirectory(prefix="pstyle-serve-")
         base = self.registry.resolve("base", config.base, config.base_ref)
-        model, _ = load_checkpoint(
-            self.registry.fetch(base, Path(self._cache_dir.name) / "base"), self.device
-        )
-        self.model = inference_module(model, self.device)
+        directory = self.registry.fetch(base, Path(self._cache_dir.name) / "base")
+        model, meta = load_checkpoint(directory, self.device)
+        self.model = inference_module(apply_variant(model, directory, meta), self.device)
+        self.variant = variant_format(meta)
         self.base_version = base.number
         self.fingerprint = fingerprint(model)
         self.style_sets = StyleSets(self.registry.store)

@@ -38,6 +38,8 @@ PUBLISHED_FILES = {
     "base": ("model.safetensors", "meta.json"),
     "adapter": ("adapter.safetensors", "adapter.json"),
 }
+# A base variant's own files (pstyle.models.variants), published with it when present.
+VARIANT_FILES = {"base": ("int8.safetensors", "model.onnx", "model.onnx.data"), "adapter": ()}
 MAX_CLAIM_ATTEMPTS = 100
 ALIAS_HISTORY = 100  # how many moves back a rollback can go
 
@@ -113,7 +115,8 @@ class Registry:
         for alias in aliases:
             validate_id(alias, "alias")
         files = {}
-        for name in PUBLISHED_FILES[kind]:
+        present = [name for name in VARIANT_FILES[kind] if (Path(directory) / name).is_file()]
+        for name in (*PUBLISHED_FILES[kind], *present):
             path = Path(directory) / name
             if not path.is_file():
                 raise FileNotFoundError(f"{directory}: missing {name}, cannot publish a {kind}")
@@ -142,6 +145,7 @@ class Registry:
             "config": meta.get("config"),
             "fingerprint": meta.get("fingerprint"),
             "step": meta.get("step"),
+            "variant": (meta.get("variant") or {}).get("format", "fp32"),
         }
         return self.publish("base", name, checkpoint_dir, {**info, "metrics": metrics or {}}, aliases)
 

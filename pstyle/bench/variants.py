@@ -1,0 +1,180 @@
+"""`pstyle bench generator --variants`: every serving variant against fp32, speed and quality in one run.
+
+Speed: the generator's forward (content, code, noise -> image) at one size and batch, the variants
+timed in interleaved rounds so that load on the machine falls on all of them alike; the figure is
+each variant's median over rounds as a ratio to fp32 eager in the same round. Quality: the real-photo
+evaluation (pstyle.evaluation.photos: 8 photos x 6 styles, never trained or calibrated on), each
+metric as a relative change from fp32, plus the mean absolute pixel difference from fp32's output.
+The variants are exported here from the checkpoint with `ExportConfig` defaults, as `pstyle export`
+would, unless a folder of already exported ones is given.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pstyle.bench.common import machine_description, time_call
+from pstyle.config import ExportConfig
+from pstyle.data.eval_photos import export as export_eval_photos
+from pstyle.evaluation.photos import METRICS, evaluate_photos, load_photos, write_photo_grid
+from pstyle.models.encoder import CODE_DIM
+from pstyle.models.generator import NOISE_STRIDE
+from pstyle.models.style_model import StyleModel
+from pstyle.models.variants import ONNX_FILE, apply_variant, compiled_synthesize
+from pstyle.training.checkpoint import load_checkpoint
+from pstyle.training.variants import export_variant
+
+Forward = Callable[[Tensor, Tensor, Tensor], Tensor]  # (content, code, noise) -> image
+VARIANTS = ("int8", "pruned", "compiled", "onnx")
+
+
+def load_forwards(model_dir: Path, exported: Path, size: int, batch: int) -> dict[str, Forward]:
+    """fp32 eager and every variant exported under `exported/<format>`, as plain forward functions."""
+    base, _ = load_checkpoint(model_dir)
+    forwards: dict[str, Forward] = {"fp32": base.eval().generator}
+    for name in VARIANTS:
+        directory = exported / name
+        model, meta = load_checkpoint(directory)
+        model = apply_variant(model.eval(), directory, meta)
+        if name == "compiled":
+            forwards[name] = compiled_synthesize(model.generator, [(batch, size, size), (1, size, size)])
+        elif name == "onnx":
+            forwards[name] = onnx_forward(directory / ONNX_FILE)
+        else:
+            forwards[name] = model.generator
+    return forwards
+
+
+def onnx_forward(path: Path) -> Forward:
+    """An onnxruntime session on CPU with the generator's call signature."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(content: Tensor, code: Tensor, noise: Tensor) -> Tensor:
+        feeds = {"content": content.numpy(), "style_code": code.numpy(), "noise": noise.numpy()}
+        return torch.from_numpy(session.run(["image"], feeds)[0])
+
+    return run
+
+
+@torch.no_grad()
+def time_variants(
+    forwards: dict[str, Forward], noise_dim: int, size: int, batch: int, rounds: int, min_time: float
+) -> dict:
+    """Per variant: median ms per image and images/s over interleaved rounds, and x fp32 per round."""
+    gen = torch.Generator().manual_seed(0)
+    content = torch.rand(batch, 3, size, size, generator=gen)
+    code = torch.randn(batch, CODE_DIM, generator=gen)
+    noise = torch.randn(batch, noise_dim, size // NOISE_STRIDE, size // NOISE_STRIDE, generator=gen)
+    cpu = torch.device("cpu")
+    seconds: dict[str, list[float]] = {name: [] for name in forwards}
+    for _ in range(rounds):
+        for name, forward in forwards.items():
+            run = lambda f=forward: f(content, code, noise)  # noqa: E731
+            seconds[name].append(time_call(run, cpu, warmup=1, min_time=min_time))
+    rows = {}
+    for name, times in seconds.items():
+        ratios = [fp32 / t for fp32, t in zip(seconds["fp32"], times, strict=True)]
+        rows[name] = {
+            "ms_per_image": 1e3 * statistics.median(times) / batch,
+            "images_per_s": batch / statistics.median(times),
+            "x_fp32": statistics.median(ratios),
+            "x_fp32_rounds": ratios,
+        }
+    return rows
+
+
+@torch.no_grad()
+def score_variants(
+    model: StyleModel, forwards: dict[str, Forward], size: int, grid: Path | None, seed: int = 0
+) -> dict[str, Any]:
+    """The real-photo evaluation for every variant; relative change of each metric from fp32."""
+    with tempfile.TemporaryDirectory() as tmp:
+        content_dir, styles_dir = export_eval_photos(Path(tmp))
+        contents, styles = load_photos(content_dir, size), load_photos(styles_dir, size)
+
+    def method(forward: Forward) -> Callable[[Tensor, Tensor], Tensor]:
+        def stylize(content: Tensor, style: Tensor) -> Tensor:
+            code = model.encoder(style)
+            noise = model.generator.make_noise(content, seed)
+            return forward(content, code, noise).clamp(0, 1)
+
+        return stylize
+
+    methods = {name: method(forward) for name, forward in forwards.items()}
+    report = evaluate_photos(methods, contents, styles)
+    fp32 = report["methods"]["fp32"]
+    change = {
+        name: {m: (scores[m] - fp32[m]) / abs(fp32[m]) for m in METRICS}
+        for name, scores in report["methods"].items()
+    }
+    pixel = {
+        name: statistics.mean(
+            (methods[name](c[None], s[None]) - methods["fp32"](c[None], s[None])).abs().mean().item()
+            for c in list(contents.values())[:4]
+            for s in list(styles.values())[:2]
+        )
+        for name in methods
+    }
+    if grid is not None:
+        write_photo_grid({k: methods[k] for k in ("fp32", "int8", "pruned")}, contents, styles, grid)
+    return {"metrics": report["methods"], "relative_change": change, "pixel_l1_vs_fp32": pixel}
+
+
+def bench_variants(
+    model_dir: Path,
+    exported: Path | None = None,
+    size: int = 256,
+    batch: int = 1,
+    rounds: int = 5,
+    min_time: float = 1.0,
+    grid: Path | None = None,
+) -> dict[str, Any]:
+    """Export (unless `exported` holds them), time and score every variant against fp32."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if exported is None:
+            exported = Path(tmp)
+            for name in VARIANTS:
+                export_variant(model_dir, exported / name, ExportConfig(format=name))
+        forwards = load_forwards(model_dir, exported, size, batch)
+        model, _ = load_checkpoint(model_dir)
+        speed = time_variants(forwards, model.generator.noise_dim, size, batch, rounds, min_time)
+        quality = score_variants(model.eval(), forwards, size, grid)
+    return {
+        "benchmark": "generator-variants",
+        "machine": machine_description(torch.device("cpu")),
+        "size": size,
+        "batch": batch,
+        "speed": speed,
+        "quality": quality,
+    }
+
+
+def variants_table(result: dict[str, Any]) -> str:
+    """One row per variant: speed vs fp32 and the largest relative quality change."""
+    quality = result["quality"]
+    lines = [f"{'variant':<10} {'ms/img':>8} {'x fp32':>7} {'worst metric change':>22} {'L1 vs fp32':>11}"]
+    for name, speed in result["speed"].items():
+        change = quality["relative_change"][name]
+        worst = max(change, key=lambda m: _worse(m, change[m]))
+        lines.append(
+            f"{name:<10} {speed['ms_per_image']:>8.1f} {speed['x_fp32']:>7.2f} "
+            f"{worst + f' {100 * change[worst]:+.1f}%':>22} {quality['pixel_l1_vs_fp32'][name]:>11.4f}"
+        )
+    lines.append(
+        f"({result['size']} px, batch {result['batch']}, {result['machine']['torch_threads']} threads)"
+    )
+    return "\n".join(lines)
+
+
+def _worse(metric: str, change: float) -> float:
+    """How much worse a relative change makes `metric` (positive = worse), by its direction."""
+    return -change if METRICS[metric][1] == "higher" else change

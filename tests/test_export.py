@@ -1,0 +1,177 @@
+"""Serving variants: the int8 generator, structured pruning, the ONNX export and `pstyle export`."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures.serving import random_base, write_adapter
+from test_cli import pstyle
+
+from pstyle.adapters import load_adapter, merge_adapter, set_active_adapter, unmerge_adapter
+from pstyle.config import ExportConfig, ModelConfig
+from pstyle.models import Generator
+from pstyle.models.encoder import CODE_DIM
+from pstyle.models.prune import channel_importance, pruned_generator
+from pstyle.models.quantize import CALIBRATION_FILE, Int8Conv2d, QuantizationError, calibrate_int8
+from pstyle.models.variants import ONNX_FILE, apply_variant, variant_format
+from pstyle.store import LocalStore
+from pstyle.store.registry import Registry
+from pstyle.training.checkpoint import fingerprint, load_checkpoint
+from pstyle.training.variants import export_variant
+
+CFG = ModelConfig(channels=8, res_blocks=1, w_dim=16, noise_dim=4)
+SMALL_EXPORT = ExportConfig(calibration_batches=2, batch=2, size=64, distill_steps=4, channels=6)
+
+
+def batches(n: int = 2, size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    return [
+        (torch.rand(2, 3, size, size, generator=gen), torch.randn(2, CODE_DIM, generator=gen))
+        for _ in range(n)
+    ]
+
+
+def styled_generator() -> Generator:
+    """A Generator whose FiLM layers are not the identity, so every channel's importance differs."""
+    torch.manual_seed(0)
+    g = Generator(CFG).eval()
+    for module in g.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.05)
+    return g
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_base(tmp_path_factory.mktemp("export") / "base")
+
+
+@torch.no_grad()
+def test_int8_generator_is_close_to_fp32_and_keeps_the_checkpoint_identity() -> None:
+    g = styled_generator()
+    q = calibrate_int8(copy.deepcopy(g), batches())
+    assert len([m for m in q.modules() if isinstance(m, Int8Conv2d)]) == sum(
+        isinstance(m, torch.nn.Conv2d) for m in g.modules()
+    )
+    assert q.state_dict().keys() == g.state_dict().keys()  # adapters and fingerprints see the same base
+    content, code = batches(1)[0]
+    noise = g.make_noise(content, seed=0)
+    diff = (q(content, code, noise) - g(content, code, noise)).abs()
+    assert 0 < diff.mean() < 0.01 and diff.max() < 0.1
+    assert (copy.deepcopy(q)(content, code, noise) - q(content, code, noise)).abs().max() == 0
+
+
+@torch.no_grad()
+def test_int8_base_applies_a_users_adapter_per_sample_and_merged(base: Path, tmp_path: Path) -> None:
+    adapter = write_adapter(base, "alice", 0, tmp_path / "alice")
+    model, _ = load_checkpoint(base)
+    identity = fingerprint(model)
+    int8 = calibrate_int8(copy.deepcopy(model.generator), batches())
+    content, code = batches(1)[0]
+    noise = model.generator.make_noise(content, seed=0)
+    plain = int8(content, code, noise)
+    outputs = {}
+    for name, generator in (("fp32", model.generator), ("int8", int8)):
+        load_adapter(adapter, generator, "alice", identity)
+        set_active_adapter(generator, "alice")
+        outputs[name] = generator(content, code, noise)
+    assert (outputs["int8"] - plain).abs().mean() > 0.01  # the adapter changed the int8 output
+    assert (outputs["int8"] - outputs["fp32"]).abs().mean() < 0.01  # ...as it changes fp32's
+    merge_adapter(int8, "alice")  # the int8 weights are re-quantized from the merged float weights
+    merged = int8(content, code, noise)
+    assert (merged - plain).abs().mean() > 0.01 and (merged - outputs["fp32"]).abs().mean() < 0.01
+    unmerge_adapter(int8)
+    set_active_adapter(int8, None)
+    assert (int8(content, code, noise) - plain).abs().max() < 0.01
+
+
+def test_int8_refuses_cuda_and_uncalibrated_layers() -> None:
+    g = Generator(CFG)
+    with pytest.raises(QuantizationError, match="calibration never ran"):
+        calibrate_int8(g, [])
+    if torch.cuda.is_available():
+        with pytest.raises(QuantizationError, match="CPU"):
+            calibrate_int8(Generator(CFG).cuda(), batches())
+
+
+@torch.no_grad()
+def test_pruning_at_full_width_is_exact_and_narrower_keeps_the_important_channels() -> None:
+    g = styled_generator()
+    importance = channel_importance(g, batches())
+    same, same_cfg = pruned_generator(g, CFG, importance, CFG.channels)
+    content, code = batches(1)[0]
+    noise = g.make_noise(content, seed=0)
+    assert same_cfg == CFG and torch.equal(same(content, code, noise), g(content, code, noise))
+    small, small_cfg = pruned_generator(g, CFG, importance, 6)
+    assert small_cfg.channels == 6 and small.up2.conv2.conv.out_channels == 6
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in g.parameters())
+    # the most important channels beat the least important ones as a 6-wide decoder
+    worst = {name: -scores for name, scores in importance.items()}
+    weak, _ = pruned_generator(g, CFG, worst, 6)
+    reference = g(content, code, noise)
+    assert (small(content, code, noise) - reference).abs().mean() < (
+        weak(content, code, noise) - reference
+    ).abs().mean()
+    with pytest.raises(ValueError, match="pruned width"):
+        pruned_generator(g, CFG, importance, CFG.channels + 1)
+
+
+def test_export_int8_publishes_and_loads_as_the_same_base(base: Path, tmp_path: Path) -> None:
+    meta = export_variant(base, tmp_path / "int8", SMALL_EXPORT, progress=False)
+    assert variant_format(meta) == "int8" and (tmp_path / "int8" / CALIBRATION_FILE).is_file()
+    registry = Registry(LocalStore(tmp_path / "store"))
+    version = registry.publish_base("base-int8", tmp_path / "int8")
+    assert version.manifest["variant"] == "int8" and CALIBRATION_FILE in version.files
+    fetched = registry.fetch(version, tmp_path / "fetched")
+    model, fetched_meta = load_checkpoint(fetched)
+    source, _ = load_checkpoint(base)
+    apply_variant(model, fetched, fetched_meta)
+    assert any(isinstance(m, Int8Conv2d) for m in model.generator.modules())
+    assert fingerprint(model) == fingerprint(source)
+
+
+def test_export_pruned_is_an_ordinary_narrower_checkpoint(base: Path, tmp_path: Path) -> None:
+    meta = export_variant(
+        base, tmp_path / "pruned", dataclasses.replace(SMALL_EXPORT, format="pruned"), progress=False
+    )
+    model, loaded = load_checkpoint(tmp_path / "pruned")
+    assert loaded["config"]["model"]["channels"] == 6 and model.generator.up2.conv2.conv.out_channels == 6
+    assert meta["variant"]["pruned_from_channels"] == 16 and len(meta["variant"]["distill_loss"]) == 2
+
+
+def test_onnx_export_matches_eager(base: Path, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    export_variant(base, tmp_path / "onnx", ExportConfig(format="onnx", size=64), progress=False)
+    model, _ = load_checkpoint(base)
+    session = ort.InferenceSession(str(tmp_path / "onnx" / ONNX_FILE), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(3)
+    for batch, h, w in ((1, 64, 64), (2, 96, 128)):  # batch, height and width are dynamic
+        content = torch.rand(batch, 3, h, w, generator=gen)
+        code = torch.randn(batch, CODE_DIM, generator=gen)
+        noise = model.generator.make_noise(content, seed=1)
+        expected = model.generator.synthesize(content, code, noise).detach()
+        feeds = {"content": content.numpy(), "style_code": code.numpy(), "noise": noise.numpy()}
+        got = torch.from_numpy(session.run(["image"], feeds)[0])
+        assert got.shape == expected.shape and (got - expected).abs().max() < 1e-4
+
+
+def test_export_cli_errors_are_one_line(base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for args, message in (
+        (["--format", "fp8"], "format must be one of"),
+        (["--format", "int8", "--size", "50"], "multiple of 16"),
+        (["--model", str(tmp_path)], "not a pstyle checkpoint"),
+    ):
+        proc = pstyle("export", "--model", str(base), "--out", str(out), *args, check=False)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    (tmp_path / "taken").mkdir()
+    proc = pstyle("export", "--model", str(base), "--out", str(tmp_path / "taken"), check=False)
+    assert proc.returncode != 0 and "already exists" in proc.stderr
+    assert "variant" not in json.loads((base / "meta.json").read_text())  # the source is untouched
