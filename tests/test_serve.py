@@ -23,7 +23,7 @@ from ray import serve
 
 from pstyle.adapters.io import TENSORS_FILE
 from pstyle.cli.main import main
-from pstyle.config import LoopConfig, PersonalizeConfig
+from pstyle.config import ExportConfig, LoopConfig, PersonalizeConfig
 from pstyle.distributed.feedback_loop import run_loop
 from pstyle.serving.api_keys import create_user
 from pstyle.serving.experiments import Experiment, ExperimentStore, Variant
@@ -31,6 +31,7 @@ from pstyle.serving.stylize import stylize_file
 from pstyle.store import LocalStore
 from pstyle.store.events import read_events
 from pstyle.store.registry import BLOBS, Registry
+from pstyle.training.variants import export_variant
 from serve.app import build_app
 
 TTL_S = 1.0
@@ -268,6 +269,29 @@ def test_graceful_shutdown_flushes_buffered_events(deployment, content_png) -> N
     assert stored() == []  # still buffered in the replica
     serve.delete("flush")
     assert [e["rating"] for e in stored()] == [2]
+
+
+def test_int8_base_serves_users_adapters_over_http(deployment, content_png) -> None:
+    """`pstyle export --format int8` of the base, published as base-int8 and selected by a second app's
+    ServeConfig.base: alice's adapter (trained for the fp32 base) applies, output close to fp32's."""
+    out = deployment["root"] / "int8"
+    cfg = ExportConfig(format="int8", calibration_batches=1, batch=2, size=64)
+    export_variant(deployment["base"], out, cfg, progress=False)
+    deployment["registry"].publish_base("base-int8", out, aliases=["production"])
+    config = dataclasses.replace(deployment["config"], base="base-int8")
+    serve.run(build_app(config), name="int8", route_prefix="/int8")
+    try:
+        url, files = f"{deployment['url']}/int8", {"image": ("c.png", content_png)}
+        r = call({**deployment, "url": url}, "alice", files=files, data={"seed": "3"})
+        assert r.status_code == 200 and r.headers["X-Adapter-Version"] == "1", r.text
+        fp32 = call(deployment, "alice", files=files, data={"seed": "3"})
+        bob = call({**deployment, "url": url}, "bob", files=files, data={"seed": "3"})
+        assert np.abs(decode(r) - decode(fp32)).mean() < 0.02  # int8 rounding, same adapter
+        assert np.abs(decode(r) - decode(bob)).mean() > 0.01  # and it is alice's adapter, not bob's
+        stats = requests.get(f"{url}/v1/admin/stats", headers=auth(deployment, "root"), timeout=30).json()
+        assert stats["base_variant"] == "int8"
+    finally:
+        serve.delete("int8")
 
 
 def test_alias_moves_and_rollbacks_land_within_ttl(deployment, content_png) -> None:
