@@ -175,3 +175,34 @@ def test_export_cli_errors_are_one_line(base: Path, tmp_path: Path) -> None:
     proc = pstyle("export", "--model", str(base), "--out", str(tmp_path / "taken"), check=False)
     assert proc.returncode != 0 and "already exists" in proc.stderr
     assert "variant" not in json.loads((base / "meta.json").read_text())  # the source is untouched
+
+
+def test_compiled_variant_serves_zero_shot_like_eager(base: Path, tmp_path: Path) -> None:
+    """A replica on the `compiled` export renders zero-shot batches through torch.compile (warmed up
+    at start) and adapter batches through the eager bank; both match the fp32 replica's pixels."""
+    from pstyle.config import ServeConfig
+    from pstyle.serving.replica import AdapterServer, StylizeRequest
+
+    registry = Registry(LocalStore(tmp_path / "store"))
+    registry.publish_base("base", base, aliases=["production"])
+    export_variant(base, tmp_path / "compiled", ExportConfig(format="compiled"), progress=False)
+    registry.publish_base("fast", tmp_path / "compiled", aliases=["production"])
+    registry.publish_adapter(
+        "alice", write_adapter(base, "alice", 0, tmp_path / "alice"), aliases=["production"]
+    )
+    servers = {
+        name: AdapterServer(ServeConfig(store=str(tmp_path / "store"), base=name, size=64))
+        for name in ("base", "fast")
+    }
+    assert servers["fast"].compiled is not None and servers["base"].compiled is None
+    gen = torch.Generator().manual_seed(0)
+    styles = torch.rand(2, 3, 64, 64, generator=gen)
+    requests = [
+        StylizeRequest(
+            "bob", torch.rand(3, 64, 64, generator=gen), styles=styles, styles_digest="s", strength=0.7
+        ),
+        StylizeRequest("alice", torch.rand(3, 64, 64, generator=gen)),
+    ]
+    out = {name: [r.image for r in server.run(requests)] for name, server in servers.items()}
+    for fast, eager in zip(out["fast"], out["base"], strict=True):
+        assert fast.shape == eager.shape and (fast - eager).abs().max() < 1e-3

@@ -86,9 +86,7 @@ class Generator(nn.Module):
             raise ValueError(f"noise {tuple(noise.shape)}, expected {expected_noise}")
         if style_code.shape[0] != b:
             raise ValueError(f"one style code per content image: {style_code.shape[0]} codes, {b} images")
-        stylized = self.synthesize(content, style_code, noise)
-        alpha = self.blend_weight(content, strength, mask)
-        return content + alpha * (stylized - content)
+        return self.blend(content, self.synthesize(content, style_code, noise), strength, mask)
 
     def synthesize(self, content: Tensor, style_code: Tensor, noise: Tensor) -> Tensor:
         """The full-strength stylization, computed on the content with a reflected border, then cropped.
@@ -116,6 +114,12 @@ class Generator(nn.Module):
         x = F.interpolate(x, size=content.shape[-2:], mode="bilinear", align_corners=False)
         x = self.up1(torch.cat([x, normalized_luminance(content)], dim=1), w)
         return torch.sigmoid(self.to_rgb(x))
+
+    def blend(
+        self, content: Tensor, stylized: Tensor, strength: float | Tensor = 1.0, mask: Tensor | None = None
+    ) -> Tensor:
+        """The full-strength `stylized` mixed into `content` by strength and the feathered mask."""
+        return content + self.blend_weight(content, strength, mask) * (stylized - content)
 
     def blend_weight(self, content: Tensor, strength: float | Tensor, mask: Tensor | None) -> Tensor:
         """Per-pixel weight of the stylization: strength times the feathered mask, (B|1, 1, H|1, W|1)."""

@@ -35,7 +35,7 @@ from pstyle.ids import validate_id
 from pstyle.images import open_image, resize_shorter_side, to_tensor
 from pstyle.models.generator import DOWNSAMPLING
 from pstyle.models.precision import inference_autocast, inference_input, inference_module
-from pstyle.models.variants import apply_variant, variant_format
+from pstyle.models.variants import apply_variant, compiled_synthesize, variant_format
 from pstyle.serving.regions import region_masks
 from pstyle.serving.stale_cache import StaleCache
 from pstyle.serving.style_sets import StyleSet, StyleSets
@@ -100,6 +100,12 @@ class AdapterServer:
         model, meta = load_checkpoint(directory, self.device)
         self.model = inference_module(apply_variant(model, directory, meta), self.device)
         self.variant = variant_format(meta)
+        # Zero-shot batches (no adapter in them) run the compiled generator, warmed up at the default size.
+        self.compiled = (
+            compiled_synthesize(copy.deepcopy(self.model.generator), [(1, config.size, config.size)])
+            if self.variant == "compiled"
+            else None
+        )
         self.base_version = base.number
         self.fingerprint = fingerprint(model)
         self.style_sets = StyleSets(self.registry.store)
@@ -233,6 +239,9 @@ class AdapterServer:
         noise = torch.cat([self.model.generator.make_noise(content[:1], seed=r.seed) for r in requests])
         strength = torch.tensor([r.strength for r in requests], device=self.device).view(-1, 1, 1, 1)
         mask = region_masks([r.region for r in requests], content, [r.mask for r in requests])
+        if self.compiled is not None and not any(keys):
+            out = self.model.generator.blend(content, self.compiled(content, codes, noise), strength, mask)
+            return out.float().clamp(0, 1).cpu()
         with inference_autocast(self.device):
             out = self.bank.forward_auto(content, codes, noise, keys, strength=strength, mask=mask)
         return out.float().clamp(0, 1).cpu()
