@@ -11,7 +11,9 @@ Why eager quantized kernels rather than PT2E + Inductor (torch 2.13's recommende
 PT2E only reaches int8 kernels through `torch.compile` with frozen weights. Frozen weights are
 constants of the compiled graph, so a user's float adapter delta cannot be added without compiling
 per user, and every new batch shape compiles again (about 25 s on 2 CPUs). Both flows are measured
-side by side in `pstyle bench generator --variants`.
+side by side in `pstyle bench generator --variants`. torch 2.13 marks the quantized-tensor functions
+used here as deprecated (pytorch/pytorch#184982) and warns once per process; the PT2E route with
+the adapter deltas as graph inputs is the way forward when they go.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ class Int8Conv2d(nn.Conv2d):
     """A Conv2d that records its activation ranges while calibrating and then runs in int8.
 
     Subclassing Conv2d keeps every attribute a LoRA wrapper or a merge reads (weight, bias, stride,
-    padding) and keeps the state dict identical to the float layer's.
+    padding) and the layer's own state-dict keys. A BatchNorm that followed the convolution (the
+    frozen trunk's) is folded into it with its ReLU/ReLU6: the int8 output's range starts at 0 and
+    ends at most at 6, so requantizing the output is the activation, at no cost.
     """
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d | None = None) -> None:
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise QuantizationError(f"int8 convolutions need numeric zero padding, got {conv}")
         super().__init__(
@@ -47,6 +51,10 @@ class Int8Conv2d(nn.Conv2d):
             conv.dilation, conv.groups, conv.bias is not None, device=conv.weight.device,
         )  # fmt: skip
         self.weight, self.bias = conv.weight, conv.bias
+        scale, shift = _fold(norm, conv.out_channels)
+        self.register_buffer("fold_scale", scale.to(conv.weight.device), persistent=False)
+        self.register_buffer("fold_shift", shift.to(conv.weight.device), persistent=False)
+        self.clamp = _fused_activation(norm)
         ranges = torch.zeros(4)  # input lo/hi, output lo/hi; not in the state dict (the checkpoint is fp32's)
         self.register_buffer("ranges", ranges, persistent=False)
         self.calibrating = True
@@ -58,11 +66,19 @@ class Int8Conv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.calibrating:
-            y = super().forward(x)
+            weight, bias = self.folded()
+            y = self._conv_forward(x, weight, bias)
+            y = y if self.clamp == (None, None) else y.clamp(*self.clamp)
             self._observe(x, y)
             return y
         qx = torch.quantize_per_tensor(x.float(), *self._input_q, torch.quint8)
         return torch.ops.quantized.conv2d(qx, self._packed_weight(), *self._output_q).dequantize()
+
+    def folded(self) -> tuple[Tensor, Tensor | None]:
+        """The float weight and bias with the folded BatchNorm applied (the layer's own without one)."""
+        weight = self.weight * self.fold_scale.view(-1, 1, 1, 1)
+        bias = self.fold_shift if self.bias is None else self.bias * self.fold_scale + self.fold_shift
+        return weight, (None if self.bias is None and not self.fold_shift.any() else bias)
 
     def finish_calibration(self) -> None:
         """Fix the recorded ranges as uint8 (scale, zero point) pairs and run in int8 from now on."""
@@ -73,32 +89,52 @@ class Int8Conv2d(nn.Conv2d):
     @torch.no_grad()
     def _observe(self, x: Tensor, y: Tensor) -> None:
         seen = torch.stack([x.min(), x.max(), y.min(), y.max()]).float().cpu()
-        first = not self.ranges.any()
-        lo = (
-            torch.minimum(seen[0::2], torch.zeros(2))
-            if first
-            else torch.minimum(self.ranges[0::2], seen[0::2])
-        )
-        hi = (
-            torch.maximum(seen[1::2], torch.zeros(2))
-            if first
-            else torch.maximum(self.ranges[1::2], seen[1::2])
-        )
-        self.ranges.copy_(torch.stack([lo[0], hi[0], lo[1], hi[1]]))
+        lo, hi = torch.minimum(self.ranges[0::2], seen[0::2]), torch.maximum(self.ranges[1::2], seen[1::2])
+        self.ranges.copy_(torch.stack([lo[0], hi[0], lo[1], hi[1]]))  # ranges start at 0: they include 0
 
     @torch.no_grad()
     def _packed_weight(self) -> object:
         version = self.weight._version
         if self._packed is None or self._packed[0] != version:
-            w = self.weight.detach().float().cpu()
+            weight, bias = self.folded()
+            w = weight.detach().float().cpu()
             scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12).double()
             qw = torch.quantize_per_channel(w, scales, torch.zeros(len(w), dtype=torch.long), 0, torch.qint8)
-            bias = None if self.bias is None else self.bias.detach().float().cpu()
+            bias = None if bias is None else bias.detach().float().cpu()
             packed = torch.ops.quantized.conv2d_prepack(
                 qw, bias, list(self.stride), list(self.padding), list(self.dilation), self.groups
             )
             self._packed = (version, packed)
         return self._packed[1]
+
+
+def _fold(norm: nn.BatchNorm2d | None, channels: int) -> tuple[Tensor, Tensor]:
+    """Per-channel (scale, shift) of an eval-mode BatchNorm: y = x * scale + shift."""
+    if norm is None:
+        return torch.ones(channels), torch.zeros(channels)
+    scale = norm.weight.detach() / (norm.running_var + norm.eps).sqrt()
+    return scale.float(), (norm.bias.detach() - norm.running_mean * scale).float()
+
+
+def _fused_activation(norm: nn.Module | None) -> tuple[float | None, float | None]:
+    """The clamp bounds of the activation a folded norm carried (timm's BatchNormAct2d)."""
+    act = getattr(norm, "act", None)
+    if isinstance(act, nn.ReLU6):
+        return 0.0, 6.0
+    if isinstance(act, nn.ReLU):
+        return 0.0, None
+    return None, None
+
+
+def _foldable(norm: nn.Module) -> bool:
+    """A BatchNorm (with at most a ReLU/ReLU6 and no dropout) that int8 can fold into the conv before it."""
+    act, drop = getattr(norm, "act", nn.Identity()), getattr(norm, "drop", nn.Identity())
+    return (
+        isinstance(norm, nn.BatchNorm2d)
+        and norm.track_running_stats
+        and isinstance(act, nn.Identity | nn.ReLU | nn.ReLU6)
+        and isinstance(drop, nn.Identity)
+    )
 
 
 def affine_params(lo: float, hi: float) -> tuple[float, int]:
@@ -114,15 +150,25 @@ def int8_layers(module: nn.Module) -> dict[str, Int8Conv2d]:
 def prepare_int8(generator: nn.Module) -> nn.Module:
     """Replace every Conv2d of `generator` (in place) by a calibrating Int8Conv2d; returns it.
 
-    Adapters' own down/up layers stay in float: the base is quantized, never a user's delta.
+    A BatchNorm registered right after a conv in the same parent (the trunk's conv/norm pairs) is
+    folded into it and replaced by an identity. Adapters' own down/up layers stay in float: the base
+    is quantized, never a user's delta.
     """
     if next(generator.parameters()).device.type != "cpu":
         raise QuantizationError("the int8 generator runs on CPU (x86 int8 kernels); on CUDA serve fp32/bf16")
     torch.backends.quantized.engine = "x86"
-    for name, module in list(generator.named_modules()):
-        if type(module) is nn.Conv2d and not any(part.startswith("lora_") for part in name.split(".")):
-            parent, _, child = name.rpartition(".")
-            setattr(generator.get_submodule(parent), child, Int8Conv2d(module))
+    for parent_name, parent in list(generator.named_modules()):
+        if any(part.startswith("lora_") for part in parent_name.split(".")):
+            continue
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
+            if type(child) is not nn.Conv2d:
+                continue
+            after = children[i + 1] if i + 1 < len(children) else None
+            norm = after[1] if after is not None and _foldable(after[1]) else None
+            setattr(parent, name, Int8Conv2d(child, norm))
+            if norm is not None:
+                setattr(parent, after[0], nn.Identity())
     return generator
 
 

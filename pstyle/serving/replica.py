@@ -98,6 +98,7 @@ class AdapterServer:
         base = self.registry.resolve("base", config.base, config.base_ref)
         directory = self.registry.fetch(base, Path(self._cache_dir.name) / "base")
         model, meta = load_checkpoint(directory, self.device)
+        self.fingerprint = fingerprint(model)  # of the checkpoint: an int8 variant folds its norms
         self.model = inference_module(apply_variant(model, directory, meta), self.device)
         self.variant = variant_format(meta)
         # Zero-shot batches (no adapter in them) run the compiled generator, warmed up at the default size.
@@ -107,7 +108,6 @@ class AdapterServer:
             else None
         )
         self.base_version = base.number
-        self.fingerprint = fingerprint(model)
         self.style_sets = StyleSets(self.registry.store)
         self.bank = AdapterBank(
             inference_module(copy.deepcopy(model.generator), self.device),
