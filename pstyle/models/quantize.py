@@ -10,8 +10,9 @@ re-quantized before the next forward, so merge-then-quantize needs no extra step
 Why eager quantized kernels rather than PT2E + Inductor (torch 2.13's recommended flow, in torchao):
 PT2E only reaches int8 kernels through `torch.compile` with frozen weights. Frozen weights are
 constants of the compiled graph, so a user's float adapter delta cannot be added without compiling
-per user, and every new batch shape compiles again (about 25 s on 2 CPUs). Both flows are measured
-side by side in `pstyle bench generator --variants`. torch 2.13 marks the quantized-tensor functions
+per user, and every new batch shape compiles again (about 25 s on 2 CPUs). Measured once by hand
+(torchao 0.18, 256 px, 2 CPUs): PT2E int8 compiled 18 ms/image against 51 ms fp32 eager, for the
+bare base only; `pstyle bench generator --variants` measures this module's int8. torch 2.13 marks the quantized-tensor functions
 used here as deprecated (pytorch/pytorch#184982) and warns once per process; the PT2E route with
 the adapter deltas as graph inputs is the way forward when they go.
 """
