@@ -439,6 +439,9 @@ class TuneConfig(ConfigFile):
     cpus_per_trial: float = flag(1.0, "CPUs per trial")
     gpus_per_trial: float = flag(0.0, "GPUs per trial; fractions such as 0.25 pack small trials on one GPU")
     max_concurrent_trials: int = flag(0, "0: derived from the cluster's CPUs/GPUs and the per-trial request")
+    autoscale: bool = flag(
+        False, "autoscaling cluster: submit every trial at once (pending trials ask for nodes), no fit check"
+    )
     max_failures: int = flag(2, "retries of a failed trial, from its last checkpoint")
     seed: int = flag(0, "searcher seed; every trial trains with base.train.seed (a fair comparison)")
     ray_address: str | None = flag(None, RAY_ADDRESS_HELP)

@@ -102,6 +102,9 @@ def test_max_concurrent_trials_follows_cluster_resources():
     assert max_concurrent(cfg.with_overrides({"max_concurrent_trials": 3}), {"CPU": 64.0}) == 3
     with pytest.raises(ValueError):
         max_concurrent(gpu, {"CPU": 16.0})  # asks for GPUs the cluster does not have
+    autoscaling = gpu.with_overrides({"autoscale": True})  # no GPU node yet: pending trials ask for one
+    assert max_concurrent(autoscaling, {"CPU": 4.0}) == 0
+    assert max_concurrent(autoscaling.with_overrides({"max_concurrent_trials": 2}), {"CPU": 4.0}) == 2
 
 
 def test_the_multi_objective_searcher_learns_only_from_full_budget_trials():
@@ -121,6 +124,7 @@ def test_the_multi_objective_searcher_learns_only_from_full_budget_trials():
     trials = limiter.searcher._ot_study.trials
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE]
     assert trials[1].values == [0.2, 0.8]
+    assert not hasattr(_searcher(cfg, limit=0), "searcher")  # no limit (autoscale): no ConcurrencyLimiter
 
 
 def test_tuning_modules_do_not_import_ray():

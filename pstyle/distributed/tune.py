@@ -166,9 +166,15 @@ def trial_dirname(trial: Any) -> str:
 
 
 def max_concurrent(cfg: TuneConfig, resources: dict[str, float]) -> int:
-    """Trials that fit the cluster at once: min over CPUs (and GPUs when trials ask for them)."""
+    """Trials that fit the cluster at once: min over CPUs (and GPUs when trials ask for them).
+
+    0 means no limit, which `autoscale` asks for: on an autoscaling cluster today's resources say
+    nothing about tomorrow's, and only trials pending for resources make the autoscaler add nodes.
+    """
     if cfg.max_concurrent_trials > 0:
         return cfg.max_concurrent_trials
+    if cfg.autoscale:
+        return 0
     fits = [math.floor(resources.get("CPU", 0) / cfg.cpus_per_trial + 1e-9)]
     if cfg.gpus_per_trial > 0:
         fits.append(math.floor(resources.get("GPU", 0) / cfg.gpus_per_trial + 1e-9))
@@ -182,13 +188,14 @@ def max_concurrent(cfg: TuneConfig, resources: dict[str, float]) -> int:
 
 
 def _searcher(cfg: TuneConfig, limit: int) -> Any:
-    """The search algorithm, running at most `limit` trials at once. The searchers apply the limit
-    themselves: Tune's `max_concurrent_trials` only wraps a `Searcher` and is ignored (with a
-    warning) for the random search's `BasicVariantGenerator`."""
+    """The search algorithm, running at most `limit` trials at once (0: no limit). The searchers
+    apply the limit themselves: Tune's `max_concurrent_trials` only wraps a `Searcher` and is ignored
+    (with a warning) for the random search's `BasicVariantGenerator`."""
     if cfg.search == "optuna":
         from ray.tune.search import ConcurrencyLimiter
 
-        return ConcurrencyLimiter(_full_budget_optuna(cfg), max_concurrent=limit)
+        optuna = _full_budget_optuna(cfg)
+        return ConcurrencyLimiter(optuna, max_concurrent=limit) if limit else optuna
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(random_state=cfg.seed, max_concurrent=limit)
