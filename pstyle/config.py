@@ -245,7 +245,7 @@ class ServeConfig(ConfigFile):
     # Personalization on request (POST /v1/me/personalize): one adapter job per user, on Ray.
     personalize: PersonalizeConfig = field(default_factory=lambda: PersonalizeConfig())  # the recipe
     personalize_content: int = 32  # procedural content scenes each job trains on
-    personalize_cpus: float = 1.0  # CPUs of the job's Ray Train worker
+    personalize_cpus: float = 1.0  # CPUs of the job's Ray Data actor
     personalize_gpus: float | None = None  # its GPUs; None: one when the cluster has any (AdapterJobConfig)
     max_personalize_jobs: int = 8  # live jobs (queued + running); beyond it POST answers 429
     max_running_personalize_jobs: int = 1
@@ -556,7 +556,7 @@ class DemoPlan(ConfigFile):
     tune_iterations: int = 3
     tune_steps: int = 8  # steps per Tune iteration
     base_steps: int = 150  # fine-tuning the bundled base: it already transfers style
-    workers: int = 2  # Ray Train workers (base and adapters)
+    workers: int = 2  # Ray Train workers (base) and Ray Data actors (adapters)
     adapter_steps: int = 40  # production adapters
     candidate_steps: int = 80  # candidate adapters (the A/B treatment)
     requests: int = 6  # per user, before the experiment
@@ -594,21 +594,21 @@ class TrainJob(ConfigFile):
 
 @dataclass
 class AdapterJobConfig(ConfigFile):
-    """Which users' adapters a Ray Train job fine-tunes, on which base (the recipe: PersonalizeConfig)."""
+    """Which users' adapters a Ray Data job fine-tunes, on which base (the recipe: PersonalizeConfig)."""
 
     users: str = flag("", "a user manifest (store key or local JSON/YAML) or a folder <dir>/<user>/*.png")
     base: str = flag("base@production", "the base in the registry: NAME[@alias|version]")
     store: str | None = flag(None, STORE_HELP)
     name: str | None = flag(None, "job name [adapters-<time>]; the same name again skips users done")
-    workers: int = flag(1, "Ray Train workers")
-    cpus_per_worker: float = flag(1.0, "CPUs (threads) per worker")
+    workers: int = flag(1, "Ray Data actors training users (each loads the base once)")
+    cpus_per_worker: float = flag(1.0, "CPUs (torch threads) per actor")
     gpus_per_worker: float | None = flag(
-        None, "GPUs per worker (fractions share a GPU; 0: CPU only) [the cluster's GPUs, at most 1 each]"
+        None, "GPUs per actor (fractions share a GPU; 0: CPU only) [the cluster's GPUs, at most 1 each]"
     )
-    group_size: int = flag(2, "users trained together in one batched forward per worker")
+    group_size: int = flag(2, "users trained together in one batched forward (and sent to an actor at once)")
     forward: str = flag("grouped", "one pass per user (grouped) or per-sample adapters (mixed)")
     n_content: int = flag(32, "procedural content scenes each adapter trains on")
-    max_failures: int = flag(1, "worker-group restarts")
+    user_retries: int = flag(2, "tries of a user after a failed one (alone), then it is recorded as failed")
     ray_address: str | None = flag(None, RAY_ADDRESS_HELP)
     summary: str | None = flag(None, "also write the job summary JSON here")
 
@@ -621,6 +621,8 @@ class AdapterJobConfig(ConfigFile):
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
             raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        if self.user_retries < 0:
+            raise ValueError(f"user_retries must be >= 0, got {self.user_retries}")
         if self.forward not in ("grouped", "mixed"):
             raise ValueError(f"forward must be grouped or mixed, got {self.forward!r}")
 
@@ -659,7 +661,7 @@ class LoopConfig(ConfigFile):
     min_new_ratings: int = flag(5, "retrain a user who gave this many ratings since their last retrain")
     settle_s: float = flag(600.0, "leave events younger than this to the next run (replicas flush late)")
     experiment_prefix: str = flag("loop", "loop experiments are <prefix>-<UTC time>; a running one grows")
-    workers: int = flag(1, "Ray Train workers of the adapter job")
+    workers: int = flag(1, "Ray Data actors of the adapter job")
     ray_address: str | None = flag(None, RAY_ADDRESS_HELP)
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)

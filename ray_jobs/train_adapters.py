@@ -1,4 +1,4 @@
-r"""Ray job: fine-tune and publish many users' adapters on Ray Train.
+r"""Ray job: fine-tune and publish many users' adapters on Ray Data actors.
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \
         python ray_jobs/train_adapters.py --base base@production --users manifests/june.json \

@@ -1,5 +1,6 @@
-"""The Ray Train adapter job: many users' adapters fine-tuned, checked on held-out images, published;
-after a SIGKILLed worker it resumes without training any user twice or losing one."""
+"""The Ray Data adapter job: many users' adapters fine-tuned, checked on held-out images, published;
+failed tries retried a bounded number of times; after a SIGKILLed actor the job goes on without
+training any user twice or losing one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,17 +31,18 @@ from pstyle.data.synth import scene_tensors
 from pstyle.distributed.adapter_jobs import (
     AdapterJob,
     UserDataError,
+    UserTrainer,
+    actor_gpus,
     build_manifest,
     fetch_base,
     load_manifest,
     load_user_data,
     run_adapter_job,
     save_manifest,
-    train_users,
-    worker_resources,
 )
 from pstyle.quality.metrics import style_distance
 from pstyle.store import LocalStore
+from pstyle.store.layout import adapter_progress_key
 from pstyle.store.registry import Registry
 from pstyle.training.checkpoint import fingerprint, load_checkpoint
 
@@ -52,14 +55,9 @@ STEPS = 40  # most of the held-out gain comes in the first 20-40 steps (docs/ben
 def local_ray():
     import ray
 
-    with pytest.MonkeyPatch.context() as env:
-        # Worker start-up can take tens of seconds on a busy 2-core machine (Ray Train's default
-        # limit is 60 s); the preemption watcher is one more process per run that tests do not need.
-        env.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-        env.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
-        yield
-        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +77,7 @@ def users_dir(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def job(local_ray, trained_base: Path, users_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One job through the CLI (`pstyle personalize --ray`): 2 workers, 2 users each."""
+    """One job through the CLI (`pstyle personalize --ray`): 2 actors, groups of 2 users."""
     from pstyle.cli.main import cli
 
     root = tmp_path_factory.mktemp("job")
@@ -105,10 +103,13 @@ def test_job_publishes_one_candidate_version_per_user(job):
         assert manifest["metrics"]["before"]["swd"] == record["before"]["swd"]
         assert manifest["metrics"]["base"] == "base@1" and manifest["metrics"]["job"] == "job-1"
         assert user in output  # the printed table has one line per user
-    assert {summary["users"][u]["worker"] for u in USERS} == {0, 1}  # users were split across workers
     assert summary["gpus_per_worker"] == 0  # a CPU-only cluster: no GPU asked for
     stored = json.loads(store.get_bytes("jobs/adapters/job-1/summary.json"))
     assert stored["published"] == summary["published"]
+    progress = json.loads(store.get_bytes("jobs/adapters/job-1/progress.json"))
+    assert progress["done"] == progress["total"] == len(USERS) + 1  # the corrupt user is done too: skipped
+    assert (progress["published"], progress["skipped"], progress["failed"]) == (len(USERS), 1, 0)
+    assert f"{len(USERS) + 1}/{len(USERS) + 1} users done" in output
 
 
 def test_each_published_adapter_moves_heldout_outputs_toward_the_style(
@@ -159,11 +160,11 @@ def test_corrupt_user_is_skipped_and_named(job):
 
 
 def test_resubmitting_the_job_trains_nobody_again(job):
-    """A restarted worker (or the same --name submitted again) finds every user's record and skips it."""
+    """A redone batch (or the same --name submitted again) finds every user's record and skips it."""
     store, summary, _ = job
     _, entries = load_manifest(store, summary["manifest"])
     again = AdapterJob("job-1", str(store.root), "base", 1, PersonalizeConfig(steps=STEPS).to_dict())
-    records = train_users(again, entries, log=lambda _: None)
+    records = UserTrainer(again, log=lambda _: None).train(entries)
     assert sorted(records) == sorted([*USERS, CORRUPT]) and all(r["resumed"] for r in records.values())
     assert all(Registry(store).versions("adapter", u) == [summary["users"][u]["version"]] for u in USERS)
 
@@ -182,11 +183,15 @@ class WorkerKilled(BaseException):
     """Stands for a SIGKILL in a test without Ray: nothing in the job catches it."""
 
 
+def quiet(_: str) -> None:
+    """A log that prints nothing."""
+
+
 def test_a_user_published_but_not_recorded_is_recorded_not_retrained(
     tiny_base: Path, users_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """A worker dies after claiming a user's version but before its alias and record: the resumed
-    attempt records that version (and its alias) instead of training and publishing the user again."""
+    """An actor dies after claiming a user's version but before its alias and record: the redone
+    batch records that version (and its alias) instead of training and publishing the user again."""
     store = LocalStore(tmp_path / "store")
     registry = Registry(store)
     registry.publish_base("base", tiny_base)
@@ -203,19 +208,12 @@ def test_a_user_published_but_not_recorded_is_recorded_not_retrained(
 
     monkeypatch.setattr(Registry, "set_alias", die_on_halftone)
     with pytest.raises(WorkerKilled):
-        train_users(job, entries, log=lambda _: None)
+        UserTrainer(job, log=quiet).train(entries)
     assert registry.versions("adapter", "halftone-007") == [1]
     assert not store.exists(job.record_key("halftone-007"))
     monkeypatch.setattr(Registry, "set_alias", set_alias)
-    fitted: list[list[str]] = []
-    fit = GroupPersonalizer.fit_users
-
-    def counted_fit(self: GroupPersonalizer, *args: Any, **kwargs: Any) -> dict[str, dict]:
-        fitted.append(self.user_ids)
-        return fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(GroupPersonalizer, "fit_users", counted_fit)
-    records = train_users(job, entries, log=lambda _: None)
+    fitted = count_fits(monkeypatch)
+    records = UserTrainer(job, log=quiet).train(entries)  # the restarted actor
     assert fitted == []  # dots-001 has its record, halftone-007 its version: nobody is trained again
     assert records["dots-001"]["resumed"] and records["halftone-007"]["recovered"]
     recorded = json.loads(store.get_bytes(job.record_key("halftone-007")))
@@ -225,13 +223,120 @@ def test_a_user_published_but_not_recorded_is_recorded_not_retrained(
         assert registry.aliases("adapter", user) == {"candidate": 1}
 
 
-def train_workers(state: str | None = None) -> dict[str, dict]:
-    """This module's Ray's Ray Train workers by actor id (`state`: only those in it), with their pids and
-    start times, from the GCS actor table: `ray.util.state` needs the dashboard, which this Ray lacks."""
+def count_fits(monkeypatch: pytest.MonkeyPatch, fail: dict[str, int] | None = None) -> list[list[str]]:
+    """Every `GroupPersonalizer.fit_users` call's users, in order. `fail`: {user: n} makes a fit of a
+    group holding the user raise its first n times (-1: always)."""
+    fitted: list[list[str]] = []
+    fit = GroupPersonalizer.fit_users
+    left = dict(fail or {})
+
+    def counted_fit(self: GroupPersonalizer, *args: Any, **kwargs: Any) -> dict[str, dict]:
+        fitted.append(list(self.user_ids))
+        for user in self.user_ids:
+            if left.get(user, 0) != 0:
+                left[user] -= 1
+                raise RuntimeError(f"simulated divergence of {user}")
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(GroupPersonalizer, "fit_users", counted_fit)
+    return fitted
+
+
+def test_failed_tries_are_retried_alone_then_the_user_is_failed(
+    tiny_base: Path, users_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """halftone-007's fit raises twice, then works: it is published on its third try. mosaic-004's
+    always raises: failed with the reason after 1 + user_retries tries. dots-001 shared a group with
+    halftone-007's first failure: retried alone and published; stripes-000 is untouched."""
+    store = LocalStore(tmp_path / "store")
+    registry = Registry(store)
+    registry.publish_base("base", tiny_base)
+    _, entries = load_manifest(store, users_dir)
+    users = ["dots-001", "halftone-007", "mosaic-004", "stripes-000"]
+    cfg = PersonalizeConfig(steps=2, eval_every=1)
+    job = AdapterJob("retries", str(store.root), "base", 1, cfg.to_dict(), group_size=2, user_retries=2)
+    fitted = count_fits(monkeypatch, fail={"halftone-007": 2, "mosaic-004": -1})
+    records = UserTrainer(job, log=quiet).train({u: entries[u] for u in users})
+    assert fitted == [
+        ["dots-001", "halftone-007"],  # halftone-007 raises (1)
+        ["mosaic-004", "stripes-000"],  # mosaic-004 raises (1)
+        ["dots-001"],
+        ["halftone-007"],  # raises (2)
+        ["mosaic-004"],  # raises (2)
+        ["stripes-000"],
+        ["halftone-007"],  # works
+        ["mosaic-004"],  # raises (3): no tries left
+    ]
+    failed = records["mosaic-004"]
+    assert failed["status"] == "failed" and failed["attempts"] == 3
+    assert failed["reason"] == "training failed: RuntimeError: simulated divergence of mosaic-004"
+    assert registry.versions("adapter", "mosaic-004") == []
+    for user, attempts in [("dots-001", 2), ("halftone-007", 3), ("stripes-000", 2)]:
+        assert records[user]["status"] == "published" and records[user]["attempts"] == attempts, user
+        assert registry.versions("adapter", user) == [1], user
+    stored = json.loads(store.get_bytes(job.record_key("mosaic-004")))
+    assert stored == failed
+
+
+def test_tries_cut_short_by_a_dead_actor_count(
+    tiny_base: Path, users_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A redone batch after actor deaths: a user whose tries all started and never ended (it kills
+    its actor each time) is failed without a fourth try; one with a try cut short trains alone, so
+    it cannot take a fresh user down with it."""
+    store = LocalStore(tmp_path / "store")
+    Registry(store).publish_base("base", tiny_base)
+    _, entries = load_manifest(store, users_dir)
+    users = ["dots-001", "halftone-007", "mosaic-004", "stripes-000"]
+    job = AdapterJob("deaths", str(store.root), "base", 1, PersonalizeConfig(steps=2, eval_every=1).to_dict(),
+                     group_size=2, user_retries=2)  # fmt: skip
+    for user, attempt in [("dots-001", 1), ("stripes-000", 3)]:
+        progress = {"step": 0, "total": 2, "attempt": attempt}
+        store.put_bytes(adapter_progress_key("deaths", user), json.dumps(progress).encode())
+    fitted = count_fits(monkeypatch)
+    records = UserTrainer(job, log=quiet).train({u: entries[u] for u in users})
+    assert fitted == [["halftone-007", "mosaic-004"], ["dots-001"]]
+    assert records["stripes-000"]["status"] == "failed" and records["stripes-000"]["attempts"] == 3
+    assert "never ended" in records["stripes-000"]["reason"]
+    assert records["dots-001"]["status"] == "published" and records["dots-001"]["attempts"] == 2
+    assert json.loads(store.get_bytes(adapter_progress_key("deaths", "dots-001")))["attempt"] == 2
+
+
+def test_resumed_job_trains_only_the_users_without_a_record(
+    local_ray, tiny_base: Path, users_dir: Path, tmp_path: Path
+):
+    """The same job name over a larger manifest: the users recorded by the first run are not sent to
+    the actors (records unchanged, one version each); the others are trained."""
+    store = LocalStore(tmp_path / "store")
+    registry = Registry(store)
+    registry.publish_base("base", tiny_base)
+    _, entries = load_manifest(store, users_dir)
+    recipe = PersonalizeConfig(steps=2, eval_every=1, batch_size=4)
+    first, rest = USERS[:2], USERS[2:]
+    for users in (first, USERS):
+        spec = AdapterJobConfig(users=save_manifest(store, f"m{len(users)}", {u: entries[u] for u in users}),
+                                base="base@1", store=str(store.root), name="resume", workers=2, group_size=1,
+                                n_content=8, ray_address="local")  # fmt: skip
+        if users == USERS:
+            before = {u: store.get_bytes(f"jobs/adapters/resume/users/{u}.json") for u in first}
+        summary = run_adapter_job(spec, recipe, log=quiet)
+    assert summary["published"] == sorted(USERS)
+    for user in first:
+        assert summary["users"][user]["resumed"]
+        assert store.get_bytes(f"jobs/adapters/resume/users/{user}.json") == before[user]
+    for user in rest:
+        assert not summary["users"][user].get("resumed")
+    assert all(registry.versions("adapter", u) == [1] for u in USERS)
+
+
+def map_actors(state: str | None = None) -> dict[str, dict]:
+    """This module's Ray's adapter-job actors (Ray Data's map workers around `UserTrainer`) by actor
+    id (`state`: only those in it), with pids, restarts and start times, from the GCS actor table:
+    `ray.util.state` needs the dashboard, which this Ray lacks."""
     from ray._private.state import actors
 
     table = actors(actor_state_name=state).items()
-    return {actor: info for actor, info in table if info["ActorClassName"] == "RayTrainWorker"}
+    return {actor: info for actor, info in table if "(UserTrainer)" in info["ActorClassName"]}
 
 
 def _wait_gone(pid: int, timeout: float = 10) -> None:
@@ -248,42 +353,51 @@ def _wait_gone(pid: int, timeout: float = 10) -> None:
     raise AssertionError(f"pid {pid} still runs {timeout} s after SIGKILL")
 
 
-def test_killed_worker_resumes_without_training_a_user_twice_or_losing_one(
+def test_killed_actor_is_restarted_without_training_a_user_twice_or_losing_one(
     local_ray, tiny_base: Path, users_dir: Path, tmp_path: Path
 ):
-    """Fault row: a Ray Train worker dies during an adapter job. One of the two workers is SIGKILLed
-    as soon as the first user is recorded; Ray Train restarts the group (max_failures=1) and the job
-    finishes: every user published exactly once, and the users recorded before the kill untouched."""
+    """Fault row: a Ray Data actor dies during an adapter job. One of the two actors is SIGKILLed as
+    soon as the first user is recorded; Ray Data restarts it and redoes the batch it held, and the
+    job finishes: every user published exactly once, the users recorded before the kill untouched."""
     store = LocalStore(tmp_path / "store")
     registry = Registry(store)
     registry.publish_base("base", tiny_base)
     _, entries = load_manifest(store, users_dir)
     manifest = save_manifest(store, "four", {u: entries[u] for u in USERS})
     records = "jobs/adapters/killed/users/"
-    earlier = set(train_workers())  # the module's other jobs' workers
-    seen: dict[str, object] = {}
+    earlier = set(map_actors())  # the module's other jobs' actors
+    seen: dict[str, Any] = {}
 
-    def kill_a_worker_once_a_user_is_recorded() -> None:
+    def kill_an_actor_once_a_user_is_recorded() -> None:
         deadline = time.monotonic() + 240
         while not list(store.list(records)) and time.monotonic() < deadline:
             time.sleep(0.02)
-        alive = {a: info["Pid"] for a, info in train_workers("ALIVE").items() if a not in earlier}
-        pid = alive[min(alive)]
-        os.kill(pid, signal.SIGKILL)
-        seen["at"], seen["wall"], seen["first"] = time.monotonic(), time.time(), set(alive)
-        _wait_gone(pid)
+        alive = {a: info["Pid"] for a, info in map_actors("ALIVE").items() if a not in earlier}
+        seen["actor"] = actor = min(alive)
+        os.kill(alive[actor], signal.SIGKILL)
+        seen["at"], seen["alive"], seen["pid"] = time.monotonic(), alive, alive[actor]
+        _wait_gone(alive[actor])
         seen["recorded"] = {key: store.get_bytes(key) for key in store.list(records)}
+        while time.monotonic() < deadline:  # until the actor runs again, in a new process
+            if map_actors("ALIVE").get(actor, {}).get("Pid", seen["pid"]) != seen["pid"]:
+                seen["back"] = time.monotonic()
+                return
+            time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_a_worker_once_a_user_is_recorded, daemon=True)
+    killer = threading.Thread(target=kill_an_actor_once_a_user_is_recorded, daemon=True)
     killer.start()
     spec = AdapterJobConfig(users=manifest, base="base@1", store=str(store.root), name="killed", workers=2,
-                            group_size=1, n_content=8, max_failures=1, ray_address="local")  # fmt: skip
+                            group_size=1, n_content=8, ray_address="local")  # fmt: skip
     recipe = PersonalizeConfig(steps=20, eval_every=10, batch_size=4)  # seconds per user
-    summary = run_adapter_job(spec, recipe, log=lambda _: None)
+    summary = run_adapter_job(spec, recipe, log=quiet)
+    ended = time.monotonic()
     killer.join(timeout=10)
-    assert len(seen.get("first", ())) == 2, seen  # both workers were running when one was killed
+    assert len(seen.get("alive", ())) == 2 and "back" in seen, (
+        seen
+    )  # both actors were running when one was killed
 
     assert summary["published"] == sorted(USERS) and not summary["failed"] and not summary["skipped"]
+    assert sorted(store.list(records)) == sorted(f"{records}{u}.json" for u in USERS)  # one record each
     for user in USERS:  # none lost, none published twice
         version = summary["users"][user]["version"]
         assert registry.versions("adapter", user) == [version], user
@@ -292,34 +406,31 @@ def test_killed_worker_resumes_without_training_a_user_twice_or_losing_one(
     assert 1 <= len(recorded) < len(USERS), sorted(recorded)  # the kill came mid-job
     for key, data in recorded.items():  # done before the kill: never trained or recorded again
         assert store.get_bytes(key) == data, key
-    workers = train_workers()
-    restarted = set(workers) - earlier - seen["first"]
-    assert len(restarted) == 2, restarted  # the group was restarted once, with both workers
-    recovered = min(workers[a]["StartTime"] for a in restarted) / 1000 - seen["wall"]
-    print(f"kill -> new worker group {recovered:.1f} s, -> job end {time.monotonic() - seen['at']:.1f} s; "
+    killed = f"{socket.gethostname()}:{seen['pid']}"
+    assert {u for u in USERS if summary["users"][u]["worker"] == killed} <= {
+        json.loads(data)["user"] for data in recorded.values()
+    }  # the killed process recorded nothing after its death
+    actors = map_actors()
+    assert set(actors) - earlier == set(seen["alive"])  # restarted in place: no new actor
+    restarted = actors[seen["actor"]]
+    assert restarted["NumRestarts"] == 1 and restarted["Pid"] != seen["pid"], restarted
+    print(f"kill -> actor back {seen['back'] - seen['at']:.1f} s, -> job end {ended - seen['at']:.1f} s; "
           f"{len(recorded)} of {len(USERS)} users recorded before the kill")  # fmt: skip
 
 
 def test_batched_group_trains_and_a_failing_group_spares_the_others(
     trained_base: Path, users_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """Without Ray: two users share one mixed-forward group; a group whose fit raises is marked
-    failed and the job carries on."""
+    """Without Ray: two users share one mixed-forward group; a user whose fit always raises is
+    failed after its retries and the job carries on."""
     store = LocalStore(tmp_path / "store")
     Registry(store).publish_base("base", trained_base)
     _, entries = load_manifest(store, users_dir)
     entries = {u: entries[u] for u in ["dots-001", "halftone-007", "mosaic-004"]}
-    fit = GroupPersonalizer.fit_users
-
-    def fit_or_fail(self, *args, **kwargs):
-        if "mosaic-004" in self.user_ids:
-            raise RuntimeError("simulated divergence")
-        return fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(GroupPersonalizer, "fit_users", fit_or_fail)
+    count_fits(monkeypatch, fail={"mosaic-004": -1})
     cfg = PersonalizeConfig(steps=2, eval_every=1)
     job = AdapterJob("batched", str(store.root), "base", 1, cfg.to_dict(), group_size=2, forward="mixed")
-    records = train_users(job, entries, log=lambda _: None)
+    records = UserTrainer(job, log=quiet).train(entries)
     assert (
         records["mosaic-004"]["status"] == "failed"
         and "simulated divergence" in records["mosaic-004"]["reason"]
@@ -426,26 +537,21 @@ def test_base_cache_follows_the_weights_not_the_store_address(trained_base: Path
 
 
 @pytest.mark.parametrize(
-    ("workers", "gpus", "cluster_gpus", "expected_gpus"),
+    ("actors", "gpus", "cluster_gpus", "expected_gpus"),
     [
-        (2, None, 0, 0.0),  # CPU cluster: CPU workers
-        (2, None, 4, 1.0),  # enough GPUs: one each, as use_gpu=True asks
-        (4, None, 1, 0.25),  # fewer GPUs than workers: shares that pack onto the GPUs there are
+        (2, None, 0, 0.0),  # CPU cluster: CPU actors
+        (2, None, 4, 1.0),  # enough GPUs: one each
+        (4, None, 1, 0.25),  # fewer GPUs than actors: shares that pack onto the GPUs there are
         (3, None, 2, 0.5),
         (3, None, 1, 0.3333),  # rounded down to Ray's precision: three still fit on one GPU
         (2, 0.0, 8, 0.0),  # explicit: CPU even on a GPU cluster
         (2, 1.0, 0, 1.0),  # explicit: wait for GPU nodes an autoscaler has yet to start
     ],
 )
-def test_worker_resources_follow_the_cluster_unless_asked(
-    workers: int, gpus: float | None, cluster_gpus: float, expected_gpus: float
+def test_actor_gpus_follow_the_cluster_unless_asked(
+    actors: int, gpus: float | None, cluster_gpus: float, expected_gpus: float
 ) -> None:
-    from ray.train import ScalingConfig
-
-    resources = worker_resources(workers, 2.0, gpus, cluster_gpus)
-    assert resources["CPU"] == 2.0 and resources.get("GPU", 0.0) == expected_gpus
-    if gpus is None and cluster_gpus:  # every worker finds room: each GPU holds floor(1/share) of them
-        assert int(cluster_gpus) * math.floor(1 / resources["GPU"]) >= workers
-    # the pair _fit_on_ray passes is one Ray Train accepts (it refuses use_gpu without a "GPU" and back)
-    scaling = ScalingConfig(num_workers=workers, use_gpu="GPU" in resources, resources_per_worker=resources)
-    assert scaling.num_gpus_per_worker == expected_gpus
+    share = actor_gpus(actors, gpus, cluster_gpus)
+    assert share == expected_gpus
+    if gpus is None and cluster_gpus:  # every actor finds room: each GPU holds floor(1/share) of them
+        assert int(cluster_gpus) * math.floor(1 / share) >= actors

@@ -1,4 +1,4 @@
-"""`pstyle personalize`: one user's adapter here, or every user of a manifest on Ray Train (--ray).
+"""`pstyle personalize`: one user's adapter here, or every user of a manifest on Ray Data (--ray).
 
 --base names the base the same way in both modes: `NAME@alias|version` is a base in the registry
 (--store), anything else a checkpoint folder. The --ray flags are the `flag` fields of
@@ -32,7 +32,7 @@ from pstyle.config import AdapterJobConfig, PersonalizeConfig
 @click.option("--content", "content_dir", default=None, type=EXISTING_DIR,
               help="content images to train on (default: procedural scenes)")  # fmt: skip
 @click.option("--steps", default=None, type=int, help="training steps [PersonalizeConfig().steps]")
-@click.option("--ray", "use_ray", is_flag=True, help="fine-tune every user of --users on Ray Train; with it:")
+@click.option("--ray", "use_ray", is_flag=True, help="fine-tune every user of --users on Ray Data; with it:")
 @job_options(AdapterJobConfig, skip=("base",))
 def personalize(
     base: str,
@@ -47,7 +47,7 @@ def personalize(
 ) -> None:
     """Fine-tune USER's adapter on their style images; prints before/after held-out metrics.
 
-    With --ray: every user of --users, on Ray Train, published to the registry (alias candidate);
+    With --ray: every user of --users, on Ray Data actors, published to the registry (alias candidate);
     exits 1 if any user failed to train (users skipped for bad data are reported, not failures)."""
     cfg = PersonalizeConfig() if steps is None else PersonalizeConfig(steps=steps)
     if use_ray:

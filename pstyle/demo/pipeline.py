@@ -8,7 +8,7 @@ output, or `--store s3://...`):
                trial fine-tuning the bundled base (`pstyle/weights/`)
   3 train      Ray Train data-parallel fine-tuning of the bundled base with the chosen config
                (`pstyle.distributed.train.run_base_training`); the result becomes base `production`
-  4 adapters   a Ray Train adapter job for the demo users (`pstyle.distributed.adapter_jobs.run_adapter_job`),
+  4 adapters   a Ray Data adapter job for the demo users (`pstyle.distributed.adapter_jobs.run_adapter_job`),
                aliased `production`; then a second job with a longer schedule, aliased `candidate`
   5 serve      the Serve app over real HTTP: every user's requests, then an A/B experiment of
                production vs candidate with simulated ratings (`pstyle/demo/traffic.py`, a subprocess:

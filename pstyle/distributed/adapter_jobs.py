@@ -1,30 +1,38 @@
-"""Fine-tuning many users' adapters in one Ray Train job: `pstyle personalize --ray` and
+"""Fine-tuning many users' adapters in one Ray Data job: `pstyle personalize --ray` and
 `ray_jobs/train_adapters.py`. Ray is imported inside functions only.
 
 A job takes a *user manifest* (which users, which style images, which rated outputs) and the frozen
 base named by `NAME[@alias|version]` in the registry. The driver resolves the base to one version
-(so an alias moving mid-job cannot mix bases), checks the manifest, and starts `workers` Ray Train
-workers; worker r takes users[r::workers] (sorted), fetches the base once, loads each user's images
-from the store and trains its users in groups of `group_size` (`GroupPersonalizer`: one batched
-forward per step for the whole group). Every finished adapter is published from the worker to the
-registry as a new version of that user with before/after metrics and the alias `candidate`, so
-adapters never travel back through the driver. A user whose data is bad (no valid style images,
-too few, an invalid id, a malformed entry) is skipped with the reason; a group whose training
-raises is marked failed; neither stops the other users.
+(so an alias moving mid-job cannot mix bases), checks the manifest, drops the users that already
+have a record, and streams the rest as a dataset of user rows through `map_batches` on a pool of
+`workers` `UserTrainer` actors (`num_cpus`/`num_gpus` each; fractional GPU shares when the cluster
+has fewer GPUs than actors). Each actor fetches and loads the base once, then takes batches of
+`group_size` users and trains each batch together (`GroupPersonalizer`: one batched forward per
+step for the whole group). Every finished adapter is published from the actor to the registry as a
+new version of that user with before/after metrics and the alias `candidate`, so adapters never
+travel back through the driver; what comes back is each user's small record. A user whose data is
+bad (no valid style images, too few, an invalid id, a malformed entry) is skipped with the reason;
+a user whose training raises is retried alone up to `user_retries` times, then failed with the
+reason; neither stops the other users.
 
-Each user's outcome is a small JSON record in the store (`jobs/adapters/<job>/users/<user>.json`),
-written by the worker that trained it. That is how per-user results reach the driver (Ray Train
-only keeps rank 0's reported metrics) and what makes the job resumable: a worker restarted by
-`max_failures`, or the same job name submitted again, skips users whose record exists. A worker
-killed between a publish and its record write left a version without a record: the resumed attempt
-finds that version (the user's latest, published by this job) and records it instead of training and
-publishing the user again. The driver writes the job summary to `jobs/adapters/<job>/summary.json`
-(and optionally a local file).
+Each user's outcome is a JSON record in the store (`jobs/adapters/<job>/users/<user>.json`),
+written by the actor that trained it: that is what makes the job resumable. The same job name
+submitted again skips users with a record. An actor that dies is restarted by Ray Data (its actor
+pool runs with `max_restarts=-1`, `max_task_retries=-1`) and the batch it held is redone; the redo
+skips the users of that batch who were recorded, and records instead of retraining a user whose
+version was published before the record was written (its latest version, published by this job).
+Tries are counted in the user's progress record before they start, so a user whose training kills
+its actor every time ends as failed after `user_retries` retries instead of looping. The driver
+logs users done / total and keeps `jobs/adapters/<job>/progress.json` up to date, then writes
+the job summary to `jobs/adapters/<job>/summary.json` (and optionally a local file).
 
-Why Ray Train rather than plain tasks: the users are independent (no gradients are exchanged), so
-tasks would do; `TorchTrainer` gives the same gang-scheduled worker group, failure handling and run
-storage in the store as the base-training job (`pstyle.distributed.train`), one set of operational tools
-for both. The process group it sets up is unused.
+Why Ray Data rather than Ray Train: users are independent (no gradients are exchanged) and uneven
+(image counts, early stopping, a slow node), and a job has thousands of them. Ray Train gang-schedules
+a fixed group that splits the users statically, so the slowest worker's share sets the wall time,
+one dead worker restarts the whole group, and its process group goes unused. A Ray Data pipeline
+hands the next batch of users to whichever actor is free, keeps each actor's loaded base across
+batches, restarts only the actor that died and redoes only its batch, and streams records back to
+the driver as they finish, which is the job's progress.
 
 Manifest (JSON or YAML; keys are store keys; ratings 1-5, "up" or "down"):
 
@@ -42,14 +50,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import socket
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -65,7 +77,13 @@ from pstyle.ids import validate_id
 from pstyle.images import ImageError, list_images, open_image, to_tensor
 from pstyle.ratings import parse_rating, rating_weight
 from pstyle.store import KeyNotFound, Store, check_key, open_store
-from pstyle.store.layout import ADAPTER_JOBS_PREFIX, adapter_progress_key, adapter_record_key
+from pstyle.store.layout import (
+    ADAPTER_JOBS_PREFIX,
+    adapter_job_progress_key,
+    adapter_progress_key,
+    adapter_record_key,
+    adapter_records_prefix,
+)
 from pstyle.store.registry import CANDIDATE_ALIAS, parse_ref
 
 if TYPE_CHECKING:
@@ -73,7 +91,6 @@ if TYPE_CHECKING:
 
 MANIFEST_FORMAT = "pstyle-users/1"
 MANIFEST_PREFIX = "manifests"
-STORAGE_PREFIX = "ray/adapters"  # Ray Train's run storage
 
 Log = Callable[[str], None]
 
@@ -256,7 +273,7 @@ def _load(store: Store, key: str, size: int, bad: list[str]) -> torch.Tensor | N
 
 @dataclass
 class AdapterJob:
-    """Everything a worker needs (plain data: it travels in the Ray Train loop config)."""
+    """Everything an actor needs (plain data: it travels to every Ray Data actor)."""
 
     name: str
     store: str
@@ -266,11 +283,14 @@ class AdapterJob:
     group_size: int = 2  # users per batched forward (`pstyle bench adapters-train` compares sizes)
     forward: ForwardMode = "grouped"
     n_content: int = AdapterJobConfig.n_content  # procedural content scenes each adapter trains on
+    user_retries: int = AdapterJobConfig.user_retries  # tries of a user after its first, then failed
 
     def __post_init__(self) -> None:
         validate_id(self.name, "job name")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if self.user_retries < 0:
+            raise ValueError(f"user_retries must be >= 0, got {self.user_retries}")
 
     def record_key(self, user: str) -> str:
         return adapter_record_key(self.name, user)
@@ -284,110 +304,167 @@ def fetch_base(store: Store, name: str, version: int) -> Path:
     return registry.fetch_cached(registry.get("base", name, version))
 
 
-def train_users(
-    job: AdapterJob,
-    entries: dict[str, Any],
-    worker: int = 0,
-    log: Log = print,
-    device: torch.device | str = "cpu",
-) -> dict[str, dict]:
-    """Train, publish and record `entries`' users (the body of one worker; also runs without Ray)
-    on `device` (a Ray Train worker passes the one Ray assigned it).
+class UserTrainer:
+    """Trains, publishes and records the users of one job on `device`. The frozen base is fetched and
+    loaded once, here: a Ray Data actor builds one and calls it on batch after batch of user rows
+    (`__call__`); without Ray, `UserTrainer(job).train(entries)`.
 
-    Returns {user: record}; users with a record from an earlier attempt are not trained again."""
-    from pstyle.config import PStyleConfig
-    from pstyle.data.synth import scene_tensors
-    from pstyle.store.registry import Registry
-    from pstyle.training.checkpoint import load_checkpoint
+    Each user is idempotent: one with a record is not trained again; one this job published but did
+    not record (its actor died in between) is recorded, not retrained. A try that raises is retried
+    up to `job.user_retries` times, alone (a group's failure does not say whose it was), then the
+    user is recorded as failed with the last reason. Tries are counted in the user's progress record
+    before they start, so a user whose training kills its actor each time (Ray Data restarts the
+    actor and redoes the batch) also runs out of tries instead of looping; a user with an earlier
+    try trains alone, so it cannot take other users down with it twice."""
 
-    store = open_store(job.store)
-    cfg = PersonalizeConfig.from_dict(job.personalize)
-    records: dict[str, dict] = {}
-    todo = []
-    for user in sorted(entries):
-        previous = _read_record(store, job, user)
-        if previous is not None:
-            records[user] = {**previous, "resumed": True}
-        else:
-            todo.append(user)
-    if not todo:
-        return records
-    base, meta = load_checkpoint(fetch_base(store, job.base_name, job.base_version), device)
-    base_config = PStyleConfig.from_dict(meta["config"])
-    size = base_config.train.image_size
-    content = scene_tensors(job.n_content, size).to(device)
-    data: dict[str, UserData] = {}
-    for user in todo:
-        try:
-            data[user] = load_user_data(store, user, entries[user], size, cfg.holdout).to(device)
-        except UserDataError as exc:
-            records[user] = _write_record(store, job, user, {"status": "skipped", "reason": str(exc)})
-            log(f"[worker {worker}] skipped {user}: {exc}")
-    registry = Registry(store)
-    ready = []
-    for user in sorted(data):
-        version = _published_by(registry, job, user)
-        if version is None:
-            ready.append(user)
-            continue
-        record = {"status": "published", "version": version.number, "worker": worker, "recovered": True}
-        records[user] = _write_record(store, job, user, {**record, **version.manifest["metrics"]})
-        log(f"[worker {worker}] {user}: v{version.number} was published before a restart; recorded it")
-    for start in range(0, len(ready), job.group_size):
-        group = ready[start : start + job.group_size]
-        started, cpu_started = time.perf_counter(), time.process_time()
-        try:
-            personalizer = GroupPersonalizer(base, base_config, cfg, group, forward=job.forward)
-            metrics = personalizer.fit_users(
-                content,
-                {u: data[u].styles for u in group},
-                {u: data[u].feedback for u in group},
-                progress=False,
-                on_eval=partial(_write_progress, store, job, group),
-            )
-        except Exception as exc:  # one group's failure (a diverged fit, OOM...) must not fail the others
+    def __init__(
+        self,
+        job: AdapterJob,
+        device: torch.device | str = "cpu",
+        threads: int | None = None,
+        log: Log = print,
+    ) -> None:
+        from pstyle.config import PStyleConfig
+        from pstyle.data.synth import scene_tensors
+        from pstyle.store.registry import Registry
+        from pstyle.training.checkpoint import load_checkpoint
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.job, self.device, self.log = job, torch.device(device), log
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"  # a restarted actor is a new process
+        self.store = open_store(job.store)
+        self.registry = Registry(self.store)
+        self.cfg = PersonalizeConfig.from_dict(job.personalize)
+        checkpoint = fetch_base(self.store, job.base_name, job.base_version)
+        self.base, meta = load_checkpoint(checkpoint, self.device)
+        self.base_config = PStyleConfig.from_dict(meta["config"])
+        self.size = self.base_config.train.image_size
+        self.content = scene_tensors(job.n_content, self.size).to(self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
+        """Ray Data's call: user rows {"user", "entry" (JSON)} -> their records {"user", "record" (JSON)}."""
+        entries = {str(u): json.loads(e) for u, e in zip(batch["user"], batch["entry"], strict=True)}
+        records = self.train(entries)
+        return {"user": list(records), "record": [json.dumps(r) for r in records.values()]}
+
+    def train(self, entries: dict[str, Any]) -> dict[str, dict]:
+        """Train, publish and record `entries`' users in groups of `job.group_size`; returns
+        {user: record}, with "resumed" on the records found from an earlier run."""
+        records: dict[str, dict] = {}
+        attempts: dict[str, int] = {}
+        for user in sorted(entries):
+            previous = _read_record(self.store, self.job, user)
+            if previous is not None:
+                records[user] = {**previous, "resumed": True}
+            else:
+                attempts[user] = _read_attempts(self.store, self.job, user)
+        fresh, size = [u for u, n in attempts.items() if n == 0], self.job.group_size
+        queue = deque(fresh[i : i + size] for i in range(0, len(fresh), size))
+        queue.extend([u] for u, n in attempts.items() if n > 0)
+        reasons: dict[str, str] = {}  # why each user's last try failed
+        while queue:
+            group = []
+            for user in queue.popleft():
+                if attempts[user] > 0 and self._recover(user, records):
+                    continue
+                if attempts[user] > self.job.user_retries:
+                    reason = reasons.get(
+                        user, "no tries left: they started and never ended (its actor died?)"
+                    )
+                    failed = {"status": "failed", "reason": reason, "attempts": attempts[user]}
+                    records[user] = self._record(user, failed)
+                    self.log(f"[{self.worker}] {user} failed after {attempts[user]} tries: {reason}")
+                    continue
+                group.append(user)
+            if not group:
+                continue
             for user in group:
-                reason = f"training failed: {type(exc).__name__}: {exc}"
-                records[user] = _write_record(store, job, user, {"status": "failed", "reason": reason})
-            log(f"[worker {worker}] group {group} failed: {exc!r}")
-            continue
-        seconds = (time.perf_counter() - started) / len(group)
-        cpu_seconds = (time.process_time() - cpu_started) / len(group)  # all threads; robust to contention
+                attempts[user] += 1
+            _write_progress(self.store, self.job, {u: attempts[u] for u in group}, 0, self.cfg.steps)
+            try:
+                self._train_group(group, entries, attempts, records)
+            except Exception as exc:  # a diverged fit, OOM, a store error...: retried alone
+                self.log(f"[{self.worker}] group {group} failed: {exc!r}")
+                for user in group:
+                    if user not in records:
+                        reasons[user] = f"training failed: {type(exc).__name__}: {exc}"
+                        queue.append([user])
+        return records
+
+    def _train_group(
+        self, group: list[str], entries: dict[str, Any], attempts: dict[str, int], records: dict[str, dict]
+    ) -> None:
+        """One try: load the users' images, fit them together, publish and record each; raises on
+        failure (users it recorded before that keep their records)."""
+        data: dict[str, UserData] = {}
         for user in group:
+            try:
+                user_data = load_user_data(self.store, user, entries[user], self.size, self.cfg.holdout)
+                data[user] = user_data.to(self.device)
+            except UserDataError as exc:  # bad data stays bad: skipped, not retried
+                records[user] = self._record(user, {"status": "skipped", "reason": str(exc)})
+                self.log(f"[{self.worker}] skipped {user}: {exc}")
+        ready = sorted(data)
+        if not ready:
+            return
+        started, cpu_started = time.perf_counter(), time.process_time()
+        personalizer = GroupPersonalizer(
+            self.base, self.base_config, self.cfg, ready, forward=self.job.forward
+        )
+        metrics = personalizer.fit_users(
+            self.content,
+            {u: data[u].styles for u in ready},
+            {u: data[u].feedback for u in ready},
+            progress=False,
+            on_eval=partial(_write_progress, self.store, self.job, {u: attempts[u] for u in ready}),
+        )
+        seconds = (time.perf_counter() - started) / len(ready)
+        cpu_seconds = (time.process_time() - cpu_started) / len(ready)  # all threads; robust to contention
+        for user in ready:
             m = metrics[user]
             info = {**m, "improved": m["after"]["style"] < m["before"]["style"], "seconds": seconds,
-                    "cpu_seconds": cpu_seconds, "base": f"{job.base_name}@{job.base_version}",
-                    "job": job.name}  # fmt: skip
+                    "cpu_seconds": cpu_seconds, "base": f"{self.job.base_name}@{self.job.base_version}",
+                    "job": self.job.name}  # fmt: skip
             with tempfile.TemporaryDirectory(prefix="pstyle-adapter-") as tmp:
-                personalizer.save_user(user, Path(tmp), info, version=job.name)
-                parent = registry.versions("adapter", user)
-                version = registry.publish_adapter(
+                personalizer.save_user(user, Path(tmp), info, version=self.job.name)
+                parent = self.registry.versions("adapter", user)
+                version = self.registry.publish_adapter(
                     user,
                     Path(tmp),
                     metrics=info,
                     parent=parent[-1] if parent else None,
                     aliases=[CANDIDATE_ALIAS],
                 )
-            record = {
-                "status": "published",
-                "version": version.number,
-                "worker": worker,
-                "group": group,
-                **info,
-            }
-            records[user] = _write_record(store, job, user, record)
-            log(
-                f"[worker {worker}] {user}: style {m['before']['style']:.2f} -> {m['after']['style']:.2f}, "
+            record = {"status": "published", "version": version.number, "worker": self.worker,
+                      "group": ready, "attempts": attempts[user], **info}  # fmt: skip
+            records[user] = self._record(user, record)
+            self.log(
+                f"[{self.worker}] {user}: style {m['before']['style']:.2f} -> {m['after']['style']:.2f}, "
                 f"SWD {m['before']['swd']:.1f} -> {m['after']['swd']:.1f}, "
                 f"published v{version.number} ({seconds:.0f} s)"
             )
-    return records
+
+    def _recover(self, user: str, records: dict[str, dict]) -> bool:
+        """Record the user's version if this job published it before an earlier try ended."""
+        version = _published_by(self.registry, self.job, user)
+        if version is None:
+            return False
+        record = {"status": "published", "version": version.number, "worker": self.worker, "recovered": True}
+        records[user] = self._record(user, {**record, **version.manifest["metrics"]})
+        self.log(f"[{self.worker}] {user}: v{version.number} was published by an earlier try; recorded it")
+        return True
+
+    def _record(self, user: str, record: dict) -> dict:
+        record = {"user": user, **record}
+        self.store.put_bytes(self.job.record_key(user), json.dumps(record).encode())
+        return record
 
 
 def _published_by(registry: Registry, job: AdapterJob, user: str) -> Version | None:
     """The user's latest version when this job published it, with its `candidate` alias restored if
-    the publish was cut short before it: a worker killed after publishing but before writing the
-    record must not make a resumed attempt publish the user twice."""
+    the publish was cut short before it: an actor killed after publishing but before writing the
+    record must not make the redone batch publish the user twice."""
     numbers = registry.versions("adapter", user)
     if not numbers:
         return None
@@ -407,33 +484,18 @@ def _read_record(store: Store, job: AdapterJob, user: str) -> dict | None:
         return None
 
 
-def _write_progress(store: Store, job: AdapterJob, users: list[str], step: int, total: int) -> None:
-    for user in users:
-        progress = json.dumps({"step": step, "total": total}).encode()
+def _read_attempts(store: Store, job: AdapterJob, user: str) -> int:
+    """Tries of `user` started so far (by any actor, in any run of the job)."""
+    try:
+        return int(json.loads(store.get_bytes(adapter_progress_key(job.name, user))).get("attempt", 0))
+    except KeyNotFound:
+        return 0
+
+
+def _write_progress(store: Store, job: AdapterJob, attempts: dict[str, int], step: int, total: int) -> None:
+    for user, attempt in attempts.items():
+        progress = json.dumps({"step": step, "total": total, "attempt": attempt}).encode()
         store.put_bytes(adapter_progress_key(job.name, user), progress)
-
-
-def _write_record(store: Store, job: AdapterJob, user: str, record: dict) -> dict:
-    record = {"user": user, **record}
-    store.put_bytes(job.record_key(user), json.dumps(record).encode())
-    return record
-
-
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """One Ray Train worker: users[rank::world] of the job, `threads` torch threads, on the device
-    Ray Train assigned (its GPU when the job asked for GPUs, else the CPU)."""
-    import ray.train
-    import ray.train.torch
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(int(loop_config["threads"]))
-    job = AdapterJob(**loop_config["job"])
-    users = sorted(loop_config["users"])[rank::world]
-    entries = {u: loop_config["users"][u] for u in users}
-    records = train_users(job, entries, worker=rank, device=ray.train.torch.get_device())
-    published = sum(r["status"] == "published" for r in records.values())
-    ray.train.report({"rank": rank, "users": len(records), "published": published})
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -443,15 +505,14 @@ def run_adapter_job(
     spec: AdapterJobConfig, personalize: PersonalizeConfig | None = None, log: Log = print
 ) -> dict[str, Any]:
     """Fine-tune and publish the adapters of every user in the manifest `spec.users` (see
-    `load_manifest`) on base `spec.base` ("NAME[@alias|version]"), on `spec.workers` Ray Train
-    workers, with the recipe `personalize`; returns the summary.
+    `load_manifest`) on base `spec.base` ("NAME[@alias|version]"), on `spec.workers` Ray Data
+    actors, with the recipe `personalize`; returns the summary.
 
     Submitting the same name again resumes: users already recorded are not trained again."""
     from pstyle.store.registry import Registry
 
     if not spec.users:
         raise ValueError("an adapter job needs --users (a manifest or a folder of users)")
-    workers, cpus_per_worker = spec.workers, spec.cpus_per_worker
     store_obj = open_store(spec.store)
     base_name, ref = parse_ref(spec.base)
     version = Registry(store_obj).resolve("base", base_name, ref)
@@ -465,6 +526,7 @@ def run_adapter_job(
         group_size=spec.group_size,
         forward=spec.forward,
         n_content=spec.n_content,
+        user_retries=spec.user_retries,
     )
     records: dict[str, dict] = {}
     trainable = {}
@@ -474,21 +536,22 @@ def run_adapter_job(
             trainable[user] = entry
         except UserDataError as exc:  # no valid id: nowhere to record it but the summary
             records[user] = {"user": user, "status": "skipped", "reason": str(exc)}
-    log(f"job {job.name}: {len(trainable)} users on base {base_name} v{version.number}, {workers} workers")
-    started = time.perf_counter()
-    gpus_per_worker = 0.0
-    if trainable:
-        workers_used = min(workers, len(trainable))
-        gpus_per_worker = _fit_on_ray(job, trainable, workers_used, spec, log)
-    wall = time.perf_counter() - started
-    for user in trainable:
+    for user in _recorded_users(store_obj, job) & trainable.keys():  # resumed: not sent to the actors
         record = _read_record(store_obj, job, user)
-        records[user] = record or {
-            "user": user,
-            "status": "failed",
-            "reason": "no result: the worker was lost",
-        }
-    summary = summarize(job, source, records, wall, workers, cpus_per_worker, gpus_per_worker)
+        if record is not None:
+            records[user] = {**record, "resumed": True}
+    todo = {user: entry for user, entry in trainable.items() if user not in records}
+    log(f"job {job.name}: {len(trainable)} users on base {base_name} v{version.number} "
+        f"({len(trainable) - len(todo)} recorded earlier), {spec.workers} actors")  # fmt: skip
+    progress = JobProgress(
+        store_obj, job.name, [records[u] for u in trainable if u in records], len(trainable), log
+    )
+    started = time.perf_counter()
+    gpus_per_worker = _train_on_ray(job, todo, spec, progress) if todo else 0.0
+    wall = time.perf_counter() - started
+    progress.write()
+    records.update(progress.records)
+    summary = summarize(job, source, records, wall, spec.workers, spec.cpus_per_worker, gpus_per_worker)
     summary_key = f"{ADAPTER_JOBS_PREFIX}/{job.name}/summary.json"
     store_obj.put_bytes(summary_key, json.dumps(summary, indent=1).encode())
     if spec.summary is not None:
@@ -497,50 +560,87 @@ def run_adapter_job(
     return summary
 
 
-def worker_resources(workers: int, cpus: float, gpus: float | None, cluster_gpus: float) -> dict[str, float]:
-    """Ray Train's `resources_per_worker` for an adapter job (`use_gpu` is whether it holds a "GPU").
+def _recorded_users(store: Store, job: AdapterJob) -> set[str]:
+    """Users with a record of this job: one listing, not a read per user of the manifest."""
+    prefix = adapter_records_prefix(job.name)
+    return {key[len(prefix) : -len(".json")] for key in store.list(prefix) if key.endswith(".json")}
 
-    `gpus` None means: what the cluster has. One GPU per worker, as `use_gpu=True` asks, when there
-    are as many GPUs as workers; with fewer, equal shares of 1/k that pack k workers on each GPU (a
-    job asking for more whole GPUs than exist would wait forever); none on a CPU-only cluster. A
-    cluster whose GPU nodes autoscale from zero shows no GPUs yet: ask for them explicitly there."""
+
+def actor_gpus(actors: int, gpus: float | None, cluster_gpus: float) -> float:
+    """GPUs each actor holds. `gpus` None means: what the cluster has. One per actor when there are
+    as many GPUs as actors; with fewer, equal shares of 1/k that pack k actors on each GPU (a job
+    asking for more whole GPUs than exist would wait forever); none on a CPU-only cluster. A cluster
+    whose GPU nodes autoscale from zero shows no GPUs yet: ask for them explicitly there."""
     if gpus is None:
         whole = int(cluster_gpus)
-        gpus = 0.0 if whole == 0 else 1.0 / math.ceil(workers / whole)
-    gpus = math.floor(gpus * 10_000) / 10_000  # Ray's precision for fractional resources
-    return {"CPU": cpus, "GPU": gpus} if gpus > 0 else {"CPU": cpus}
+        gpus = 0.0 if whole == 0 else 1.0 / math.ceil(actors / whole)
+    return math.floor(gpus * 10_000) / 10_000  # Ray's precision for fractional resources
 
 
-def _fit_on_ray(
-    job: AdapterJob, entries: dict[str, Any], workers: int, spec: AdapterJobConfig, log: Log
+class JobProgress:
+    """Users done / total of a job: collects the records the actors return, logs a line and rewrites
+    `jobs/adapters/<job>/progress.json` at most every `every` seconds (and on `write()`)."""
+
+    def __init__(
+        self, store: Store, job: str, done: list[dict], total: int, log: Log, every: float = 10.0
+    ) -> None:
+        self.store, self.key, self.log, self.every = store, adapter_job_progress_key(job), log, every
+        self.total = total
+        self.counts = dict.fromkeys(("published", "skipped", "failed"), 0)
+        for record in done:
+            self.counts[record["status"]] += 1
+        self.records: dict[str, dict] = {}
+        self.started = self.written = time.monotonic()
+
+    def add(self, user: str, record: dict) -> None:
+        self.records[user] = record
+        self.counts[record["status"]] += 1
+        if time.monotonic() - self.written >= self.every:
+            self.write()
+
+    def write(self) -> None:
+        self.written = time.monotonic()
+        hours = (self.written - self.started) / 3600
+        new = sum(r["status"] == "published" and not r.get("resumed") for r in self.records.values())
+        rate = new / hours if hours > 0 else 0.0
+        state = {"done": sum(self.counts.values()), "total": self.total, **self.counts,
+                 "users_per_hour": rate, "updated": time.time()}  # fmt: skip
+        self.store.put_bytes(self.key, json.dumps(state).encode())
+        counts = ", ".join(f"{n} {status}" for status, n in self.counts.items())
+        self.log(f"{state['done']}/{self.total} users done ({counts}), {rate:.0f} users/h")
+
+
+def _train_on_ray(
+    job: AdapterJob, entries: dict[str, Any], spec: AdapterJobConfig, progress: JobProgress
 ) -> float:
-    """Run the job's Ray Train workers; returns the GPUs each worker held."""
+    """Stream `entries`' users through a pool of `UserTrainer` actors; returns the GPUs each held."""
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    import ray.data
 
     ensure_ray(spec.ray_address)
-    resources = worker_resources(
-        workers, spec.cpus_per_worker, spec.gpus_per_worker, ray.cluster_resources().get("GPU", 0)
+    actors = min(spec.workers, math.ceil(len(entries) / job.group_size))
+    gpus = actor_gpus(actors, spec.gpus_per_worker, ray.cluster_resources().get("GPU", 0))
+    rows = [{"user": user, "entry": json.dumps(entry)} for user, entry in sorted(entries.items())]
+    # One block per batch, and one batch queued on each actor beside the one it trains (it never
+    # waits for the next): users go to whichever actor is free, and a slow batch holds back one other.
+    users = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / job.group_size))
+    users.context.enable_progress_bars = False  # progress is users done / total (JobProgress)
+    trained = users.map_batches(
+        UserTrainer,
+        batch_size=job.group_size,
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
+        num_cpus=spec.cpus_per_worker,
+        num_gpus=gpus or None,
+        fn_constructor_kwargs={
+            "job": job,
+            "device": "cuda" if gpus else "cpu",
+            "threads": max(1, int(spec.cpus_per_worker)),
+        },
     )
-    log(f"job {job.name}: {workers} workers with {resources} each")
-    storage_path, filesystem = open_store(job.store).arrow_storage(STORAGE_PREFIX)
-    threads = max(1, int(spec.cpus_per_worker))
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": asdict(job), "users": entries, "threads": threads},
-        scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu="GPU" in resources, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=job.name,
-            storage_path=storage_path,
-            storage_filesystem=filesystem,
-            failure_config=FailureConfig(max_failures=spec.max_failures),
-        ),
-    )
-    trainer.fit()
-    return resources.get("GPU", 0.0)
+    for batch in trained.iter_batches(batch_size=None):
+        for user, record in zip(batch["user"], batch["record"], strict=True):
+            progress.add(str(user), json.loads(record))
+    return gpus
 
 
 def summarize(

@@ -5,7 +5,7 @@ A run:
 
 1. counts each user's valid ratings among the `feedback` events of its window and adds them to the
    user's count of ratings since their last retrain;
-2. retrains, in one adapter job on Ray Train (`run_adapter_job`), every user whose count reached
+2. retrains, in one adapter job on Ray Data (`run_adapter_job`), every user whose count reached
    `min_new_ratings`, from a manifest of their style set and rated outputs (`style_sets.user_entry`);
    each adapter is published as `candidate`. A user waits (count kept) while a running experiment
    serves them `candidate` (retraining would change the candidate under it), while they have no

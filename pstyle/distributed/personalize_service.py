@@ -56,6 +56,6 @@ def personalize(config: ServeConfig, job: PersonalizeJob) -> PersonalizeJob:
     return records.save(job)
 
 
-@ray.remote(num_cpus=0)  # the adapter job's Ray Train workers hold the CPUs
+@ray.remote(num_cpus=0)  # the adapter job's Ray Data actor holds the CPUs
 def run_personalize_job(config: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     return personalize(ServeConfig.from_dict(config), PersonalizeJob(**job)).to_dict()
