@@ -267,12 +267,28 @@ def bench_tune(
     "ray<W>x<C>: the Ray job with W workers of C CPUs",
 )
 @click.option("--ray-address", default="local", show_default=True)
+@click.option("--scale", default=0, help="N: the Ray Data job over N users: 1 vs 2 actors, one killed")
 def bench_adapters_train(
-    out_dir: Path, size: int, n_users: int, steps: int, base_steps: int, runs: str, ray_address: str
+    out_dir: Path,
+    size: int,
+    n_users: int,
+    steps: int,
+    base_steps: int,
+    runs: str,
+    ray_address: str,
+    scale: int,
 ) -> None:
     """Adapter fine-tuning cost: seconds per user, users/hour, batched vs one user at a time."""
-    from pstyle.bench.adapter_jobs import bench_adapter_training, training_table
+    from pstyle.bench.adapter_jobs import (
+        bench_adapter_scale,
+        bench_adapter_training,
+        scale_table,
+        training_table,
+    )
 
+    if scale:  # the job's throughput (--runs does not apply): pstyle/bench/adapter_jobs.py
+        result = bench_adapter_scale(scale, size, steps, base_steps, ray_address=ray_address, log=click.echo)
+        return show(result, scale_table(result), out_dir)
     result = bench_adapter_training(
         size=size,
         n_users=n_users,
