@@ -209,3 +209,27 @@ def test_compiled_variant_serves_zero_shot_like_eager(base: Path, tmp_path: Path
     out = {name: [r.image for r in server.run(requests)] for name, server in servers.items()}
     for fast, eager in zip(out["fast"], out["base"], strict=True):
         assert fast.shape == eager.shape and (fast - eager).abs().max() < 1e-3
+
+
+def test_bench_variants_times_and_scores_every_export(base: Path, tmp_path: Path) -> None:
+    from pstyle.bench.variants import bench_variants, variants_table
+
+    for name, config in (
+        ("int8", SMALL_EXPORT),
+        ("pruned-6", dataclasses.replace(SMALL_EXPORT, format="pruned")),
+    ):
+        export_variant(base, tmp_path / "exported" / name, config, progress=False)
+    result = bench_variants(
+        base, tmp_path / "exported", size=64, rounds=1, min_time=0.0, grid=tmp_path / "grid.png", photos=2
+    )
+    assert set(result["speed"]) == {"fp32", "int8", "pruned-6"}
+    assert (
+        result["speed"]["fp32"]["x_fp32"] == 1.0
+        and result["quality"]["relative_change"]["fp32"]["ssim"] == 0.0
+    )
+    assert (
+        0 < result["quality"]["pixel_l1_vs_fp32"]["int8"] < result["quality"]["pixel_l1_vs_fp32"]["pruned-6"]
+    )
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    table = variants_table(result)
+    assert len(table.splitlines()) == 5 and "pruned-6" in table

@@ -5,8 +5,9 @@ timed in interleaved rounds so that load on the machine falls on all of them ali
 each variant's median over rounds as a ratio to fp32 eager in the same round. Quality: the real-photo
 evaluation (pstyle.evaluation.photos: 8 photos x 6 styles, never trained or calibrated on), each
 metric as a relative change from fp32, plus the mean absolute pixel difference from fp32's output.
-The variants are exported here from the checkpoint with `ExportConfig` defaults, as `pstyle export`
-would, unless a folder of already exported ones is given.
+The variants are exported here from the checkpoint as `pstyle export` would (`EXPORTS`: int8, pruning
+to decoder widths 16 and 12 of 24, compiled, onnx), unless a folder of exported ones is given, each
+in a subfolder whose name labels its row.
 """
 
 from __future__ import annotations
@@ -27,28 +28,37 @@ from pstyle.evaluation.photos import METRICS, evaluate_photos, load_photos, writ
 from pstyle.models.encoder import CODE_DIM
 from pstyle.models.generator import NOISE_STRIDE
 from pstyle.models.style_model import StyleModel
-from pstyle.models.variants import ONNX_FILE, apply_variant, compiled_synthesize
+from pstyle.models.variants import ONNX_FILE, apply_variant, compiled_synthesize, variant_format
 from pstyle.training.checkpoint import load_checkpoint
 from pstyle.training.variants import export_variant
 
 Forward = Callable[[Tensor, Tensor, Tensor], Tensor]  # (content, code, noise) -> image
-VARIANTS = ("int8", "pruned", "compiled", "onnx")
+# What the bench exports when given none: each format once, pruning at two widths of the default 24.
+EXPORTS = {
+    "int8": ExportConfig(format="int8"),
+    "pruned-16": ExportConfig(format="pruned", channels=16),
+    "pruned-12": ExportConfig(format="pruned", channels=12),
+    "compiled": ExportConfig(format="compiled"),
+    "onnx": ExportConfig(format="onnx"),
+}
 
 
 def load_forwards(model_dir: Path, exported: Path, size: int, batch: int) -> dict[str, Forward]:
-    """fp32 eager and every variant exported under `exported/<format>`, as plain forward functions."""
+    """fp32 eager and every variant exported under `exported/<name>/`, as plain forward functions."""
     base, _ = load_checkpoint(model_dir)
     forwards: dict[str, Forward] = {"fp32": base.eval().generator}
-    for name in VARIANTS:
-        directory = exported / name
+    for directory in sorted(p for p in exported.iterdir() if p.is_dir()):
         model, meta = load_checkpoint(directory)
         model = apply_variant(model.eval(), directory, meta)
-        if name == "compiled":
-            forwards[name] = compiled_synthesize(model.generator, [(batch, size, size), (1, size, size)])
-        elif name == "onnx":
-            forwards[name] = onnx_forward(directory / ONNX_FILE)
+        fmt = variant_format(meta)
+        if fmt == "compiled":
+            forwards[directory.name] = compiled_synthesize(
+                model.generator, [(batch, size, size), (1, size, size)]
+            )
+        elif fmt == "onnx":
+            forwards[directory.name] = onnx_forward(directory / ONNX_FILE)
         else:
-            forwards[name] = model.generator
+            forwards[directory.name] = model.generator
     return forwards
 
 
@@ -94,12 +104,19 @@ def time_variants(
 
 @torch.no_grad()
 def score_variants(
-    model: StyleModel, forwards: dict[str, Forward], size: int, grid: Path | None, seed: int = 0
+    model: StyleModel,
+    forwards: dict[str, Forward],
+    size: int,
+    grid: Path | None,
+    photos: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """The real-photo evaluation for every variant; relative change of each metric from fp32."""
+    """The real-photo evaluation for every variant (the first `photos` content photos and styles, all
+    by default); relative change of each metric from fp32."""
     with tempfile.TemporaryDirectory() as tmp:
         content_dir, styles_dir = export_eval_photos(Path(tmp))
         contents, styles = load_photos(content_dir, size), load_photos(styles_dir, size)
+    contents, styles = dict(list(contents.items())[:photos]), dict(list(styles.items())[:photos])
 
     def method(forward: Forward) -> Callable[[Tensor, Tensor], Tensor]:
         def stylize(content: Tensor, style: Tensor) -> Tensor:
@@ -125,7 +142,8 @@ def score_variants(
         for name in methods
     }
     if grid is not None:
-        write_photo_grid({k: methods[k] for k in ("fp32", "int8", "pruned")}, contents, styles, grid)
+        shown = [name for name in methods if name == "fp32" or name.startswith(("int8", "pruned"))]
+        write_photo_grid({name: methods[name] for name in shown}, contents, styles, grid)
     return {"metrics": report["methods"], "relative_change": change, "pixel_l1_vs_fp32": pixel}
 
 
@@ -137,17 +155,18 @@ def bench_variants(
     rounds: int = 5,
     min_time: float = 1.0,
     grid: Path | None = None,
+    photos: int | None = None,
 ) -> dict[str, Any]:
     """Export (unless `exported` holds them), time and score every variant against fp32."""
     with tempfile.TemporaryDirectory() as tmp:
         if exported is None:
             exported = Path(tmp)
-            for name in VARIANTS:
-                export_variant(model_dir, exported / name, ExportConfig(format=name))
+            for name, config in EXPORTS.items():
+                export_variant(model_dir, exported / name, config)
         forwards = load_forwards(model_dir, exported, size, batch)
         model, _ = load_checkpoint(model_dir)
         speed = time_variants(forwards, model.generator.noise_dim, size, batch, rounds, min_time)
-        quality = score_variants(model.eval(), forwards, size, grid)
+        quality = score_variants(model.eval(), forwards, size, grid, photos)
     return {
         "benchmark": "generator-variants",
         "machine": machine_description(torch.device("cpu")),

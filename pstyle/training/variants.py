@@ -38,21 +38,20 @@ from pstyle.training.distill import distill
 @torch.no_grad()
 def calibration_batches(model: StyleModel, cfg: ExportConfig) -> list[tuple[Tensor, Tensor]]:
     """`cfg.calibration_batches` batches of (content, style codes): half shipped photo crops, half
-    procedural scenes, each image paired with the code of a real style set or of another scene."""
+    procedural scenes, paired at random with the codes of four real style sets and of other scenes."""
     n = cfg.calibration_batches * cfg.batch
+    gen = torch.Generator().manual_seed(cfg.seed)
     content = torch.cat(
-        [photo_crops(n - n // 2, cfg.size, seed=cfg.seed), scene_tensors(n // 2, cfg.size, cfg.seed)]
+        [photo_crops(n - n // 2, cfg.size, cfg.seed), scene_tensors(n // 2, cfg.size, cfg.seed)]
     )
-    real_sets = list(real_style_users(size=cfg.size, count=4).values())
-    scene_styles = scene_tensors(n, cfg.size, seed=cfg.seed + 1)
-    codes = torch.cat(
-        [model.encoder(s) for s in real_sets]
-        + [model.encoder(s[None]) for s in scene_styles[: n - len(real_sets)]]
-    )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    style_sets = [*real_style_users(size=cfg.size, count=4).values()]
+    style_sets += [
+        scene[None] for scene in scene_tensors(max(0, n - len(style_sets)), cfg.size, cfg.seed + 1)
+    ]
+    codes = torch.cat([model.encoder(styles) for styles in style_sets])
     content, codes = (
-        content[order],
-        codes[torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))],
+        content[torch.randperm(n, generator=gen)],
+        codes[torch.randperm(len(codes), generator=gen)[:n]],
     )
     return [(content[i : i + cfg.batch], codes[i : i + cfg.batch]) for i in range(0, n, cfg.batch)]
 
