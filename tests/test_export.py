@@ -220,7 +220,14 @@ def test_bench_variants_times_and_scores_every_export(base: Path, tmp_path: Path
     ):
         export_variant(base, tmp_path / "exported" / name, config, progress=False)
     result = bench_variants(
-        base, tmp_path / "exported", size=64, rounds=1, min_time=0.0, grid=tmp_path / "grid.png", photos=2
+        base,
+        tmp_path / "exported",
+        size=64,
+        rounds=1,
+        min_time=0.0,
+        grid=tmp_path / "grid.png",
+        photos=2,
+        adapter_users=2,
     )
     assert set(result["speed"]) == {"fp32", "int8", "pruned-6"}
     assert (
@@ -232,4 +239,7 @@ def test_bench_variants_times_and_scores_every_export(base: Path, tmp_path: Path
     )
     assert (tmp_path / "grid.png").stat().st_size > 0
     table = variants_table(result)
-    assert len(table.splitlines()) == 5 and "pruned-6" in table
+    assert len(table.splitlines()) == 8 and "pruned-6" in table
+    paths = result["adapters_on_int8"]
+    assert paths["fp32 grouped"]["l1_vs_fp32"] == 0.0
+    assert all(0 < row["l1_vs_fp32"] < 0.05 for name, row in paths.items() if name.startswith("int8"))

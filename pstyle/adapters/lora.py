@@ -190,8 +190,8 @@ class LoRAConv2d(LoRALayer):
         return torch.einsum("or,rikl->oikl", up.flatten(1), down)  # up (out, r[, 1, 1]), down (r, in, k, k)
 
     def base_forward(self, x: Tensor, weight: Tensor) -> Tensor:
-        b = self.base_layer
-        return F.conv2d(x, weight, b.bias, b.stride, b.padding, b.dilation)
+        """Through the base layer's own convolution, so an int8 base quantizes the merged weight."""
+        return self.base_layer._conv_forward(x, weight, self.base_layer.bias)
 
     def per_sample_delta(self, x: Tensor, route: PerSample) -> Tensor:
         """Grouped conv: the batch becomes B groups of channels, each convolved with its own down."""

@@ -12,6 +12,7 @@ in a subfolder whose name labels its row.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -21,12 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pstyle.adapters import AdapterConfig, adapter_state_dict, inject_adapter
+from pstyle.adapters.bank import AdapterBank
+from pstyle.bench.adapters import random_state
 from pstyle.bench.common import machine_description, time_call
 from pstyle.config import ExportConfig
 from pstyle.data.eval_photos import export as export_eval_photos
 from pstyle.evaluation.photos import METRICS, evaluate_photos, load_photos, write_photo_grid
 from pstyle.models.encoder import CODE_DIM
-from pstyle.models.generator import NOISE_STRIDE
+from pstyle.models.generator import NOISE_STRIDE, Generator
 from pstyle.models.style_model import StyleModel
 from pstyle.models.variants import ONNX_FILE, apply_variant, compiled_synthesize, variant_format
 from pstyle.training.checkpoint import load_checkpoint
@@ -103,6 +107,49 @@ def time_variants(
 
 
 @torch.no_grad()
+def adapter_paths_on_int8(
+    fp32: Generator, int8: Generator, size: int, users: int, rounds: int, min_time: float
+) -> dict[str, Any]:
+    """A batch of `users` images, each its own user's adapter, through AdapterBank on the fp32 base
+    (grouped, as CPU replicas serve) and on the int8 base both ways: grouped (merge-then-quantize:
+    each user's merged weights quantized for the pass) and mixed (int8 base, float per-sample deltas).
+    ms per image and the mean absolute difference from the fp32 output."""
+    banks = {
+        name: AdapterBank(copy.deepcopy(g), 2**26, "cpu") for name, g in (("fp32", fp32), ("int8", int8))
+    }
+    template = copy.deepcopy(fp32)
+    inject_adapter(template, "user", AdapterConfig())
+    shapes = {k: v.shape for k, v in adapter_state_dict(template, "user").items()}
+    for i in range(users):
+        for bank in banks.values():
+            bank.add(f"user{i}", random_state(shapes, seed=i))
+    gen = torch.Generator().manual_seed(1)
+    content = torch.rand(users, 3, size, size, generator=gen)
+    ids = [f"user{i}" for i in range(users)]
+    codes = torch.stack([banks["fp32"].style_code(user) for user in ids])
+    noise = fp32.make_noise(content, seed=0)
+    runs = {
+        "fp32 grouped": lambda: banks["fp32"].forward_grouped(content, codes, noise, ids),
+        "int8 grouped (merge, then quantize)": lambda: banks["int8"].forward_grouped(
+            content, codes, noise, ids
+        ),
+        "int8 mixed (float deltas)": lambda: banks["int8"].forward(content, codes, noise, ids),
+    }
+    reference = runs["fp32 grouped"]()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            seconds[name].append(time_call(run, torch.device("cpu"), warmup=1, min_time=min_time))
+    return {
+        name: {
+            "ms_per_image": 1e3 * statistics.median(seconds[name]) / users,
+            "l1_vs_fp32": (run() - reference).abs().mean().item(),
+        }
+        for name, run in runs.items()
+    }
+
+
+@torch.no_grad()
 def score_variants(
     model: StyleModel,
     forwards: dict[str, Forward],
@@ -156,8 +203,10 @@ def bench_variants(
     min_time: float = 1.0,
     grid: Path | None = None,
     photos: int | None = None,
+    adapter_users: int = 4,
 ) -> dict[str, Any]:
-    """Export (unless `exported` holds them), time and score every variant against fp32."""
+    """Export (unless `exported` holds them), time and score every variant against fp32, and time a
+    user's adapter on the int8 base both ways."""
     with tempfile.TemporaryDirectory() as tmp:
         if exported is None:
             exported = Path(tmp)
@@ -166,6 +215,11 @@ def bench_variants(
         forwards = load_forwards(model_dir, exported, size, batch)
         model, _ = load_checkpoint(model_dir)
         speed = time_variants(forwards, model.generator.noise_dim, size, batch, rounds, min_time)
+        adapters = (
+            adapter_paths_on_int8(model.generator, forwards["int8"], size, adapter_users, rounds, min_time)
+            if "int8" in forwards
+            else {}
+        )
         quality = score_variants(model.eval(), forwards, size, grid, photos)
     return {
         "benchmark": "generator-variants",
@@ -174,6 +228,7 @@ def bench_variants(
         "batch": batch,
         "speed": speed,
         "quality": quality,
+        "adapters_on_int8": adapters,
     }
 
 
@@ -188,6 +243,8 @@ def variants_table(result: dict[str, Any]) -> str:
             f"{name:<10} {speed['ms_per_image']:>8.1f} {speed['x_fp32']:>7.2f} "
             f"{worst + f' {100 * change[worst]:+.1f}%':>22} {quality['pixel_l1_vs_fp32'][name]:>11.4f}"
         )
+    for name, row in result["adapters_on_int8"].items():
+        lines.append(f"{name:<36} {row['ms_per_image']:>8.1f} ms/img  L1 vs fp32 {row['l1_vs_fp32']:.4f}")
     lines.append(
         f"({result['size']} px, batch {result['batch']}, {result['machine']['torch_threads']} threads)"
     )

@@ -12,9 +12,9 @@ PT2E only reaches int8 kernels through `torch.compile` with frozen weights. Froz
 constants of the compiled graph, so a user's float adapter delta cannot be added without compiling
 per user, and every new batch shape compiles again (about 25 s on 2 CPUs). Measured once by hand
 (torchao 0.18, 256 px, 2 CPUs): PT2E int8 compiled 18 ms/image against 51 ms fp32 eager, for the
-bare base only; `pstyle bench generator --variants` measures this module's int8. torch 2.13 marks the quantized-tensor functions
-used here as deprecated (pytorch/pytorch#184982) and warns once per process; the PT2E route with
-the adapter deltas as graph inputs is the way forward when they go.
+bare base only; `pstyle bench generator --variants` measures this module's int8. torch 2.13 marks
+the quantized-tensor functions used here as deprecated (pytorch/pytorch#184982) and warns once per
+process; the PT2E route with the adapter deltas as graph inputs is the way forward when they go.
 """
 
 from __future__ import annotations
@@ -66,20 +66,25 @@ class Int8Conv2d(nn.Conv2d):
         return {**self.__dict__, "_packed": None}
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight, self.bias)
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The convolution with `weight`: this layer's own (packed once), or a merged base-plus-adapter
+        weight that a LoRA wrapper's grouped path passes (quantized for this call: merge-then-quantize)."""
         if self.calibrating:
-            weight, bias = self.folded()
-            y = self._conv_forward(x, weight, bias)
+            y = super()._conv_forward(x, *self.folded(weight, bias))
             y = y if self.clamp == (None, None) else y.clamp(*self.clamp)
             self._observe(x, y)
             return y
+        packed = self._own_packed() if weight is self.weight else self._pack(weight, bias)
         qx = torch.quantize_per_tensor(x.float(), *self._input_q, torch.quint8)
-        return torch.ops.quantized.conv2d(qx, self._packed_weight(), *self._output_q).dequantize()
+        return torch.ops.quantized.conv2d(qx, packed, *self._output_q).dequantize()
 
-    def folded(self) -> tuple[Tensor, Tensor | None]:
-        """The float weight and bias with the folded BatchNorm applied (the layer's own without one)."""
-        weight = self.weight * self.fold_scale.view(-1, 1, 1, 1)
-        bias = self.fold_shift if self.bias is None else self.bias * self.fold_scale + self.fold_shift
-        return weight, (None if self.bias is None and not self.fold_shift.any() else bias)
+    def folded(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """`weight` and `bias` with the folded BatchNorm applied (as they are without one)."""
+        weight = weight * self.fold_scale.view(-1, 1, 1, 1)
+        shifted = self.fold_shift if bias is None else bias * self.fold_scale + self.fold_shift
+        return weight, (None if bias is None and not self.fold_shift.any() else shifted)
 
     def finish_calibration(self) -> None:
         """Fix the recorded ranges as uint8 (scale, zero point) pairs and run in int8 from now on."""
@@ -93,20 +98,24 @@ class Int8Conv2d(nn.Conv2d):
         lo, hi = torch.minimum(self.ranges[0::2], seen[0::2]), torch.maximum(self.ranges[1::2], seen[1::2])
         self.ranges.copy_(torch.stack([lo[0], hi[0], lo[1], hi[1]]))  # ranges start at 0: they include 0
 
-    @torch.no_grad()
-    def _packed_weight(self) -> object:
+    def _own_packed(self) -> object:
+        """This layer's packed int8 weight, re-packed after an in-place change (a merged adapter)."""
         version = self.weight._version
         if self._packed is None or self._packed[0] != version:
-            weight, bias = self.folded()
-            w = weight.detach().float().cpu()
-            scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12).double()
-            qw = torch.quantize_per_channel(w, scales, torch.zeros(len(w), dtype=torch.long), 0, torch.qint8)
-            bias = None if bias is None else bias.detach().float().cpu()
-            packed = torch.ops.quantized.conv2d_prepack(
-                qw, bias, list(self.stride), list(self.padding), list(self.dilation), self.groups
-            )
-            self._packed = (version, packed)
+            self._packed = (version, self._pack(self.weight, self.bias))
         return self._packed[1]
+
+    @torch.no_grad()
+    def _pack(self, weight: Tensor, bias: Tensor | None) -> object:
+        """Folded, per-output-channel symmetric int8 weight, prepacked for the x86 kernel."""
+        weight, bias = self.folded(weight, bias)
+        w = weight.detach().float().cpu()
+        scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12).double()
+        qw = torch.quantize_per_channel(w, scales, torch.zeros(len(w), dtype=torch.long), 0, torch.qint8)
+        bias = None if bias is None else bias.detach().float().cpu()
+        return torch.ops.quantized.conv2d_prepack(
+            qw, bias, list(self.stride), list(self.padding), list(self.dilation), self.groups
+        )
 
 
 def _fold(norm: nn.BatchNorm2d | None, channels: int) -> tuple[Tensor, Tensor]:

@@ -45,9 +45,8 @@ def calibration_batches(model: StyleModel, cfg: ExportConfig) -> list[tuple[Tens
         [photo_crops(n - n // 2, cfg.size, cfg.seed), scene_tensors(n // 2, cfg.size, cfg.seed)]
     )
     style_sets = [*real_style_users(size=cfg.size, count=4).values()]
-    style_sets += [
-        scene[None] for scene in scene_tensors(max(0, n - len(style_sets)), cfg.size, cfg.seed + 1)
-    ]
+    if n > len(style_sets):
+        style_sets += [scene[None] for scene in scene_tensors(n - len(style_sets), cfg.size, cfg.seed + 1)]
     codes = torch.cat([model.encoder(styles) for styles in style_sets])
     content, codes = (
         content[torch.randperm(n, generator=gen)],
