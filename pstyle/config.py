@@ -527,7 +527,7 @@ class ExportConfig(ConfigFile):
     channels: int = flag(
         16, "pruned: the decoder width kept (the base's ModelConfig.channels is the full width)"
     )
-    distill_steps: int = flag(300, "pruned: fine-tune steps matching the full generator's outputs")
+    distill_steps: int = flag(100, "pruned: fine-tune steps matching the full generator's outputs")
     distill_lr: float = flag(1e-4, "pruned: Adam learning rate of that fine-tune")
     calibration_batches: int = flag(8, "batches of real and procedural content that calibrate or rank")
     batch: int = flag(4, "images per calibration and fine-tune batch")
