@@ -169,6 +169,7 @@ def test_export_cli_errors_are_one_line(base: Path, tmp_path: Path) -> None:
         (["--format", "fp8"], "format must be one of"),
         (["--format", "int8", "--size", "50"], "multiple of 16"),
         (["--model", str(tmp_path)], "not a pstyle checkpoint"),
+        (["--format", "pruned", "--channels", "16"], "does not prune a decoder of width 16"),
     ):
         proc = pstyle("export", "--model", str(base), "--out", str(out), *args, check=False)
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr

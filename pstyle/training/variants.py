@@ -62,6 +62,8 @@ def export_variant(model_dir: Path, out: Path, cfg: ExportConfig, progress: bool
     """
     model, meta = load_checkpoint(model_dir)
     model.eval()
+    if cfg.format == "pruned" and cfg.channels >= model.cfg.channels:
+        raise ValueError(f"channels {cfg.channels} does not prune a decoder of width {model.cfg.channels}")
     variant: dict[str, Any] = {
         "format": cfg.format,
         "source_fingerprint": meta["fingerprint"],
