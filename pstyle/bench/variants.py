@@ -47,10 +47,9 @@ EXPORTS = {
 }
 
 
-def load_forwards(model_dir: Path, exported: Path, size: int, batch: int) -> dict[str, Forward]:
-    """fp32 eager and every variant exported under `exported/<name>/`, as plain forward functions."""
-    base, _ = load_checkpoint(model_dir)
-    forwards: dict[str, Forward] = {"fp32": base.eval().generator}
+def load_forwards(base: StyleModel, exported: Path, size: int, batch: int) -> dict[str, Forward]:
+    """fp32 eager (`base`) and every variant exported under `exported/<name>/`, as forward functions."""
+    forwards: dict[str, Forward] = {"fp32": base.generator}
     for directory in sorted(p for p in exported.iterdir() if p.is_dir()):
         model, meta = load_checkpoint(directory)
         model = apply_variant(model.eval(), directory, meta)
@@ -212,15 +211,16 @@ def bench_variants(
             exported = Path(tmp)
             for name, config in EXPORTS.items():
                 export_variant(model_dir, exported / name, config)
-        forwards = load_forwards(model_dir, exported, size, batch)
         model, _ = load_checkpoint(model_dir)
+        model.eval()
+        forwards = load_forwards(model, exported, size, batch)
         speed = time_variants(forwards, model.generator.noise_dim, size, batch, rounds, min_time)
         adapters = (
             adapter_paths_on_int8(model.generator, forwards["int8"], size, adapter_users, rounds, min_time)
             if "int8" in forwards
             else {}
         )
-        quality = score_variants(model.eval(), forwards, size, grid, photos)
+        quality = score_variants(model, forwards, size, grid, photos)
     return {
         "benchmark": "generator-variants",
         "machine": machine_description(torch.device("cpu")),
