@@ -573,7 +573,13 @@ class DemoPlan(ConfigFile):
 class TrainJob(ConfigFile):
     """Where and how a base-training run executes on Ray Train (the model itself is a PStyleConfig)."""
 
-    data: str = flag("", "dataset folder visible to every worker (required)")
+    data: str = flag("", "dataset folder that every worker loads (small sets; or the streamed input below)")
+    content: str = flag("", "content photos streamed by Ray Data: a folder or s3:// prefix")
+    styles: str = flag(
+        "", "style images streamed by Ray Data, each a style set of its crops: folder or s3://"
+    )
+    scenes: int = flag(0, "procedural content scenes (with subject masks), a Ray Data source")
+    style_users: int = flag(0, "procedural style users, a Ray Data source")
     store: str | None = flag(None, STORE_HELP)
     name: str = flag("train-base", "run name; the same name and store again resumes the run")
     model_name: str = flag("base", "registry name the result is published under (alias candidate)")
@@ -590,6 +596,21 @@ class TrainJob(ConfigFile):
         validate_id(self.model_name, "base model name")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.scenes < 0 or self.style_users < 0:
+            raise ValueError(f"scenes and style_users must be >= 0, got {self.scenes} and {self.style_users}")
+        if self.streamed:
+            if self.data:
+                raise ValueError("give --data (loaded by every worker) or streamed input, not both")
+            if not (self.content or self.scenes) or not (self.styles or self.style_users):
+                raise ValueError(
+                    "streamed input needs content (--content or --scenes) "
+                    "and styles (--styles or --style-users)"
+                )
+
+    @property
+    def streamed(self) -> bool:
+        """Input comes through Ray Data (any size, local or S3) rather than a folder each worker loads."""
+        return bool(self.content or self.styles or self.scenes or self.style_users)
 
 
 @dataclass

@@ -145,6 +145,14 @@ def test_bad_arguments_fail_before_ray_starts(config, synth_dir: Path, tmp_path:
         run_base_training(config, TrainJob(data=str(tmp_path / "missing"), store=str(tmp_path)))
     with pytest.raises(ValueError, match="--data"):
         run_base_training(config, TrainJob(store=str(tmp_path)))
+    with pytest.raises(ValueError, match="not both"):
+        TrainJob(data=str(synth_dir), scenes=4, style_users=4)
+    with pytest.raises(ValueError, match="needs content"):
+        TrainJob(styles=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no such image folder"):
+        run_base_training(
+            config, TrainJob(content=str(tmp_path / "missing"), style_users=2, store=str(tmp_path))
+        )
 
 
 def test_killed_worker_resumes_from_checkpoint(reference, config, synth_dir: Path, tmp_path: Path):
@@ -211,3 +219,55 @@ def test_resubmitted_job_resumes(reference, config, synth_dir: Path, tmp_path: P
     version = Registry(store).resolve("base", "base", "candidate")
     assert version.manifest["step"] == STEPS and version.manifest["metrics"]["resumed_from"] == resumed
     assert read_meta(tmp_path / "out")["fingerprint"] == version.manifest["fingerprint"]
+
+
+def test_streamed_input_is_sharded_across_workers(ray_local, config, tmp_path: Path, s3_env: str):
+    """Ray Data streams the input: photos from an s3:// prefix (one of them corrupt), style images
+    from a folder, procedural scenes and style users. Each worker trains on its own shard of every
+    epoch, never the whole set, and the replicas stay identical."""
+    import boto3
+
+    from pstyle.data.photos import PHOTOS, STYLE_ONLY, load_real_image, photo_paths
+    from pstyle.distributed.train import run_base_training, warn_if_no_cpu_left_for_data
+    from pstyle.images import save_image
+    from pstyle.training.stream_rows import SCENE_KEY_BASE
+
+    bucket = make_bucket(s3_env)
+    s3 = boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1")
+    for name, path in photo_paths().items():
+        save_image(load_real_image(path, max_side=96), tmp_path / f"{name}.png")
+        s3.upload_file(str(tmp_path / f"{name}.png"), bucket, f"photos/{name}.png")
+    s3.put_object(Bucket=bucket, Key="photos/broken.jpg", Body=b"\xff\xd8 not really a jpeg")
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    for name, path in photo_paths(include_styles=True).items():
+        if name in STYLE_ONLY:
+            save_image(load_real_image(path, max_side=96), styles / f"{name}.png")
+
+    scenes, style_users, steps = 10, 6, 6
+    job = TrainJob(content=f"s3://{bucket}/photos", styles=str(styles), scenes=scenes,
+                   style_users=style_users, store=str(tmp_path / "store"), name="streamed",
+                   cpus_per_worker=0.5, trace_dir=str(tmp_path / "trace"))  # fmt: skip
+    streamed = config.with_overrides({"train.steps": steps, "train.checkpoint_every": 3})
+    lines: list[str] = []
+    outcome = run_base_training(streamed, job, log=lines.append)
+    assert not [line for line in lines if "warning" in line]  # one of the 2 CPUs is left to decode
+    warn_if_no_cpu_left_for_data(TrainJob(scenes=2, style_users=2), lines.append)  # 2 workers x 1 CPU
+    assert "needs at least one free CPU" in lines[-1]
+
+    assert outcome.step == steps and outcome.version.manifest["step"] == steps
+    rank0, rank1 = finals(tmp_path / "trace")
+    assert rank0["digest"] == rank1["digest"] != rank0["initial"]
+    trace = tmp_path / "trace"
+    for dataset, total in (("content", len(PHOTOS) + scenes), ("styles", len(STYLE_ONLY) + style_users)):
+        first0, first1 = (first_epoch_keys(trace, rank, dataset) for rank in (0, 1))
+        assert not first0 & first1  # disjoint shards
+        assert len(first0) == len(first1) == total // 2  # each worker reads half of every epoch
+    photos = {k for rank in (0, 1) for k in first_epoch_keys(trace, rank, "content") if k < SCENE_KEY_BASE}
+    assert len(photos) == len(PHOTOS)  # every photo was read; the corrupt file was skipped
+
+
+def first_epoch_keys(trace: Path, rank: int, dataset: str) -> set[int]:
+    """The row keys of `dataset` that worker `rank` trained on in its first epoch."""
+    records = [json.loads(line) for line in (trace / f"rank{rank}.epochs.jsonl").read_text().splitlines()]
+    return {k for r in records if r["dataset"] == dataset and r["epoch"] == 0 for k in r["keys"]}

@@ -87,7 +87,13 @@ def config_show(config_path: Path | None, overrides: tuple[str, ...]) -> None:
 
 
 @click.command("train-base")
-@click.option("--data", "data_dir", required=True, type=EXISTING_DIR)
+@click.option(
+    "--data",
+    "data_dir",
+    default=None,
+    type=EXISTING_DIR,
+    help="dataset folder (with --ray, the streamed input flags may replace it)",
+)
 @click.option(
     "--out",
     "out_dir",
@@ -101,7 +107,7 @@ def config_show(config_path: Path | None, overrides: tuple[str, ...]) -> None:
 )
 @job_options(TrainJob, skip=("data", "out"))
 def train_base_cmd(
-    data_dir: Path,
+    data_dir: Path | None,
     out_dir: Path | None,
     device: str,
     config_path: Path | None,
@@ -116,15 +122,15 @@ def train_base_cmd(
         from pstyle.distributed.train import run_base_training
 
         job = job_from_options(
-            TrainJob, {**job_flags, "data": str(data_dir), "out": out_dir and str(out_dir)}
+            TrainJob, {**job_flags, "data": str(data_dir or ""), "out": out_dir and str(out_dir)}
         )
         outcome = run_base_training(config, job, log=click.echo)
         click.echo(f"run {outcome.run_path}, checkpoint {outcome.checkpoint_path}")
         return
     if given:
         raise click.UsageError(f"--{given[0].replace('_', '-')} is a Ray Train setting: add --ray")
-    if out_dir is None:
-        raise click.UsageError("--out is required without --ray")
+    if data_dir is None or out_dir is None:
+        raise click.UsageError(f"--{'data' if data_dir is None else 'out'} is required without --ray")
     from pstyle.training.trainer import train_base
 
     train_base(config, data_dir, out_dir, str(resolve_device(device)))

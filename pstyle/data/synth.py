@@ -429,13 +429,18 @@ def make_scene(rng: Rng, size: int) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- dataset on disk
 
 
-def _users(n_users: int, seed: int) -> dict[str, Params]:
-    """Families are cycled so every family appears once n_users >= len(FAMILIES)."""
+def user_style(u: int, seed: int) -> tuple[str, Params]:
+    """Procedural user `u`'s family and style parameters. Families are cycled, so every family
+    appears once there are at least len(FAMILIES) users."""
     names = list(FAMILIES)
+    family = names[u % len(names)]
+    return family, FAMILIES[family].sample_params(np.random.default_rng([seed, 1, u]))
+
+
+def _users(n_users: int, seed: int) -> dict[str, Params]:
     users = {}
     for u in range(n_users):
-        family = names[u % len(names)]
-        params = FAMILIES[family].sample_params(np.random.default_rng([seed, 1, u]))
+        family, params = user_style(u, seed)
         users[f"{family}-{u:03d}"] = {"family": family, "params": params}
     return users
 

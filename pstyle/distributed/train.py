@@ -26,8 +26,9 @@ of workers is allowed (the batch is re-split, ranks without saved streams get fr
 not covered by the tests.
 The final checkpoint is published to the registry as a base-model version aliased `candidate`.
 
-The data folder must be readable at the same path on every worker's node (one machine, or shared
-storage such as NFS/EFS on a cluster).
+Input is either a dataset folder that every worker loads whole (`--data`: small sets; it must be
+readable at the same path on every node, e.g. NFS/EFS) or streamed by Ray Data from image folders,
+s3:// prefixes and procedural sources, each worker reading only its shard (`train_input.py`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from pstyle.config import PStyleConfig, TrainJob
 from pstyle.distributed.runtime import ensure_ray
 from pstyle.store.registry import CANDIDATE_ALIAS
 from pstyle.training.checkpoint import read_meta
-from pstyle.training.trainer import BaseTrainer, TrainingData, training_data
+from pstyle.training.trainer import BaseTrainer, BatchSource, training_data
 
 STORAGE_PREFIX = "ray/train"  # store prefix of Ray Train's runs (checkpoints, run state)
 RUN_STATE = "run_state.json"  # in each checkpoint: step, starts, world size
@@ -109,25 +110,29 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank
 
 
-def seed_rank_streams(data: TrainingData, seed: int, rank: int) -> None:
+def seed_rank_streams(data: BatchSource, seed: int, rank: int) -> None:
     if rank:
         torch.manual_seed(rank_seed(seed, rank))
-        data.generator.manual_seed(rank_seed(seed, rank))
+        if data.generator is not None:
+            data.generator.manual_seed(rank_seed(seed, rank))
 
 
-def save_rank_streams(directory: Path, rank: int, data: TrainingData) -> None:
-    streams = {"torch_rng": torch.get_rng_state(), "data_rng": data.generator.get_state()}
+def save_rank_streams(directory: Path, rank: int, data: BatchSource) -> None:
+    streams = {"torch_rng": torch.get_rng_state()}
+    if data.generator is not None:
+        streams["data_rng"] = data.generator.get_state()
     save_file(streams, str(directory / RANK_STREAMS.format(rank=rank)))
 
 
-def restore_rank_streams(directory: Path, rank: int, data: TrainingData, seed: int, step: int) -> None:
+def restore_rank_streams(directory: Path, rank: int, data: BatchSource, seed: int, step: int) -> None:
     """This rank's saved streams; a rank the checkpoint has none for (the run was resumed with more
     workers) starts fresh ones derived from the step, so it does not repeat another rank's data."""
     path = directory / RANK_STREAMS.format(rank=rank)
     if path.is_file():
         streams = load_file(str(path))
         torch.set_rng_state(streams["torch_rng"])
-        data.generator.set_state(streams["data_rng"])
+        if data.generator is not None and "data_rng" in streams:
+            data.generator.set_state(streams["data_rng"])
     else:
         seed_rank_streams(data, seed + step, rank)
 
@@ -139,7 +144,9 @@ class Trace:
     """Optional per-attempt record for tests, debugging and `pstyle bench train` (`trace_dir`): each
     worker writes its pid to `rank<r>.pid`; rank 0 appends one JSON line per attempt start and per
     step (wall time, process CPU time) to `steps.jsonl`, which shows where a resumed attempt picked
-    up; at the end every rank writes `rank<r>.final.json` with the digest of its replica."""
+    up; with streamed input every rank appends each finished epoch's row keys to
+    `rank<r>.epochs.jsonl`; at the end every rank writes `rank<r>.final.json` with the digest of its
+    replica."""
 
     def __init__(self, directory: str | None, rank: int) -> None:
         self.dir = Path(directory) if directory else None
@@ -153,14 +160,20 @@ class Trace:
             with open(self.dir / "steps.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def epoch(self, dataset: str, epoch: int, keys: Any) -> None:
+        if self.dir:
+            record = {"dataset": dataset, "epoch": epoch, "keys": [int(k) for k in keys]}
+            with open(self.dir / f"rank{self.rank}.epochs.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
     def final(self, **record: Any) -> None:
         if self.dir:
             (self.dir / f"rank{self.rank}.final.json").write_text(json.dumps(record))
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """One Ray Train worker. `loop_config`: config (PStyleConfig dict), data (folder), threads,
-    trace_dir (optional)."""
+    """One Ray Train worker. `loop_config`: config (PStyleConfig dict), data (a folder, or None for
+    the streamed shards), has_masks (streamed input has scenes), threads, trace_dir (optional)."""
     import ray.train
     import ray.train.torch
 
@@ -174,8 +187,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     trainer = BaseTrainer(config, device)  # same seed everywhere: same initial weights
-    data = training_data(config, Path(loop_config["data"]))  # same held-out split
     trace = Trace(loop_config.get("trace_dir"), rank)
+    data: BatchSource
+    if loop_config["data"]:
+        data = training_data(config, Path(loop_config["data"]))  # same held-out split
+    else:
+        from pstyle.distributed.train_input import StreamedData
+
+        shards = (ray.train.get_dataset_shard(name) for name in ("content", "styles"))
+        data = StreamedData(*shards, has_masks=loop_config["has_masks"], on_epoch=trace.epoch)
     initial_digest = state_digest(trainer.model)
     if world > 1:
         trainer.sync_gradients = lambda opt: all_reduce_gradients(optimizer_params(opt), world)
@@ -225,7 +245,7 @@ def mean_over_workers(logs: dict[str, float], world: int, device: torch.device) 
 
 
 def report_checkpoint(
-    trainer: BaseTrainer, data: TrainingData, rank: int, world: int, metrics: dict[str, Any]
+    trainer: BaseTrainer, data: BatchSource, rank: int, world: int, metrics: dict[str, Any]
 ) -> None:
     """Report metrics and a checkpoint: rank 0 writes the model, optimizers and run state, every rank
     its RNG streams; Ray Train merges the workers' files into one checkpoint directory."""
@@ -270,9 +290,10 @@ def run_base_training(
     from its latest checkpoint. The final checkpoint is published as a version of base model
     `job.model_name` with alias `candidate` (and copied to `job.out` when given).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pstyle.distributed.train_input import check_image_folders, training_datasets
     from pstyle.store import open_store
     from pstyle.store.registry import Registry
 
@@ -281,12 +302,23 @@ def run_base_training(
         raise ValueError(
             f"train.batch_size {config.train.batch_size} does not split evenly across {workers} workers"
         )
-    if not job.data:
-        raise ValueError("a training job needs --data (a dataset folder visible to every worker)")
-    data_dir = Path(job.data).resolve()  # workers run in their own working directories
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"{data_dir}: no such data folder")
+    data_dir = None
+    if not job.streamed:
+        if not job.data:
+            raise ValueError(
+                "a training job needs --data (a folder every worker loads) or streamed input "
+                "(--content/--scenes and --styles/--style-users)"
+            )
+        data_dir = Path(job.data).resolve()  # workers run in their own working directories
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"{data_dir}: no such data folder")
+    else:
+        check_image_folders(job)
     ensure_ray(job.ray_address)
+    datasets = None
+    if job.streamed:
+        datasets = training_datasets(job, config)
+        warn_if_no_cpu_left_for_data(job, log)
     store_obj = open_store(job.store)
     storage_path, filesystem = store_obj.arrow_storage(STORAGE_PREFIX)
     run_path = f"{storage_path.rstrip('/')}/{name}"
@@ -297,13 +329,16 @@ def run_base_training(
         train_loop_per_worker,
         train_loop_config={
             "config": config.to_dict(),
-            "data": str(data_dir),
+            "data": data_dir and str(data_dir),
+            "has_masks": job.scenes > 0,
             "threads": max(1, int(job.cpus_per_worker)),
             "trace_dir": job.trace_dir,
         },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=job.gpu, resources_per_worker={"CPU": job.cpus_per_worker}
         ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split="all"),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
@@ -324,6 +359,20 @@ def run_base_training(
     what = "published" if new else "already published as"
     log(f"step {step}: {what} base {model_name} v{version.number} (alias {CANDIDATE_ALIAS})")
     return TrainOutcome(version, step, resumed, run_path, result.checkpoint.path, metrics, result)
+
+
+def warn_if_no_cpu_left_for_data(job: TrainJob, log: Callable[[str], None]) -> None:
+    """Ray Data decodes on CPUs that the training workers leave free; with none left (2 workers of
+    1 CPU on a 2-CPU machine) the input never arrives. An autoscaling cluster may still add nodes,
+    so this warns rather than refuses."""
+    import ray
+
+    free = ray.cluster_resources().get("CPU", 0) - job.workers * job.cpus_per_worker
+    if free < 1:
+        log(
+            f"warning: the workers take all but {max(free, 0):g} of the cluster's CPUs; streamed input "
+            "needs at least one free CPU to decode (lower --cpus-per-worker or --workers)"
+        )
 
 
 def publish_once(

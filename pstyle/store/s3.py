@@ -144,7 +144,7 @@ class S3Store(Store):
         and a run that outlives its first credentials (IRSA, about an hour) keeps uploading."""
         from pyarrow.fs import S3FileSystem
 
-        path = "/".join(part for part in (self.bucket, self.prefix, check_key(prefix)) if part)
+        path = "/".join(part for part in (self.bucket, self.prefix, prefix and check_key(prefix)) if part)
         endpoint = urlsplit(self.client.meta.endpoint_url)
         return path, S3FileSystem(
             region=self.client.meta.region_name, endpoint_override=endpoint.netloc, scheme=endpoint.scheme

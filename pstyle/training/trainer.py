@@ -9,6 +9,7 @@ import random
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -115,6 +116,14 @@ class TrainingData:
         )
 
 
+class BatchSource(Protocol):
+    """What training draws batches from: `TrainingData`, or a Ray Train worker's streamed shards."""
+
+    generator: torch.Generator | None  # the data stream a checkpoint saves; None: nothing to save
+
+    def sample(self, batch_size: int, set_size: int, device: torch.device) -> Batch: ...
+
+
 class BaseTrainer:
     """Owns the model, its optimizers and the loop; `step()` is one G, D (and segmenter) update."""
 
@@ -184,13 +193,13 @@ class BaseTrainer:
             "torch_rng": torch.get_rng_state(),
         }
 
-    def save(self, directory: Path, data: TrainingData | None = None) -> None:
+    def save(self, directory: Path, data: BatchSource | None = None) -> None:
         state = self.state()
-        if data is not None:
+        if data is not None and data.generator is not None:
             state["data_rng"] = data.generator.get_state()
         save_checkpoint(directory, self.model, self.config, self.features.describe(), self.step_count, state)
 
-    def restore(self, directory: Path, data: TrainingData | None = None) -> None:
+    def restore(self, directory: Path, data: BatchSource | None = None) -> None:
         """Continue exactly where a saved run stopped: weights, optimizers, step and RNG streams."""
         model, meta = load_checkpoint(directory, self.device)
         if meta["features"] != self.features.describe():
@@ -205,7 +214,7 @@ class BaseTrainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.opt_s.load_state_dict(state["opt_s"])
         torch.set_rng_state(state["torch_rng"])
-        if data is not None and "data_rng" in state:
+        if data is not None and data.generator is not None and "data_rng" in state:
             data.generator.set_state(state["data_rng"])
         self.step_count = meta["step"]
 
