@@ -42,7 +42,8 @@ def image_files(uri: str) -> tuple[str, Any]:
     if uri.startswith("s3://"):
         from pstyle.store.s3 import S3Store
 
-        return S3Store.from_uri(uri.rstrip("/")).arrow_storage("")
+        bucket = S3Store.from_uri(uri.rstrip("/"))
+        return "/".join(part for part in (bucket.bucket, bucket.prefix) if part), bucket.arrow_filesystem()
     folder = Path(uri).resolve()
     if not folder.is_dir():
         raise FileNotFoundError(f"{uri}: no such image folder")

@@ -142,11 +142,15 @@ class S3Store(Store):
         config files, web identity, instance metadata) in every process that unpickles the
         filesystem, and refreshes short-lived ones. So nothing secret travels in Ray's RunConfig,
         and a run that outlives its first credentials (IRSA, about an hour) keeps uploading."""
+        path = "/".join(part for part in (self.bucket, self.prefix, check_key(prefix)) if part)
+        return path, self.arrow_filesystem()
+
+    def arrow_filesystem(self) -> object:
+        """pyarrow's S3 filesystem on this store's endpoint and region, with no credentials in it."""
         from pyarrow.fs import S3FileSystem
 
-        path = "/".join(part for part in (self.bucket, self.prefix, prefix and check_key(prefix)) if part)
         endpoint = urlsplit(self.client.meta.endpoint_url)
-        return path, S3FileSystem(
+        return S3FileSystem(
             region=self.client.meta.region_name, endpoint_override=endpoint.netloc, scheme=endpoint.scheme
         )
 
