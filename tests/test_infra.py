@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from pstyle.distributed.runtime import HAPROXY_INGRESS_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 KUBERAY = ROOT / "infra" / "kuberay"
 RENDER = runpy.run_path(str(KUBERAY / "render.py"))
@@ -31,6 +33,10 @@ def test_rayservice_serves_exactly_serve_config() -> None:
     import_path = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["import_path"]
     module, _, attr = import_path.partition(":")
     assert attr in (ROOT / Path(*module.split("."))).with_suffix(".py").read_text()
+    cluster = service["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:  # HAProxy in front on every pod
+        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env.items() >= HAPROXY_INGRESS_ENV.items()
 
 
 def test_rayjobs_run_existing_entrypoints_on_gpu_workers() -> None:

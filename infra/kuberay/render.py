@@ -10,12 +10,17 @@ tests/test_infra.py fails when a committed manifest differs from what this scrip
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pstyle.distributed.runtime import HAPROXY_INGRESS_ENV  # noqa: E402
+
 IMAGE = "ghcr.io/pstyle/pstyle:latest"  # built from infra/docker/Dockerfile; the repo lives at /app
 RAY_VERSION = "2.60.0"
 STORE = "s3://pstyle-artifacts/pstyle"
@@ -107,8 +112,13 @@ def serve_config() -> dict:
 
 
 def ray_service() -> dict:
+    """The Serve app behind Serve's HAProxy ingress on every pod (`HAPROXY_INGRESS_ENV`: a request
+    inside a dying Ingress replica is retried, never answered 500)."""
     spec = cluster_spec()
     spec["headGroupSpec"]["rayStartParams"] = {"num-cpus": "2", "dashboard-host": "0.0.0.0"}
+    haproxy = [{"name": name, "value": value} for name, value in HAPROXY_INGRESS_ENV.items()]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        group["template"]["spec"]["containers"][0]["env"] += haproxy
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",

@@ -12,7 +12,8 @@ scenario reports the clients' status counts, p99 latency, the time to recover an
                of the same load with no delay (target: at most 2x).
   ingress      the only Ingress replica killed outright: statuses until the replacement answers,
                and acknowledged ratings missing from the store (those of the last `event_flush_s`
-               were only in its buffer and its spool: the replacement must replay them).
+               were only in its buffer and its spool: the replacement must replay them). Run twice:
+               behind Serve's Python proxy, and behind its HAProxy ingress (`HAPROXY_INGRESS_ENV`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import boto3
 import requests
 import torch
 
@@ -37,6 +39,7 @@ from pstyle.bench.fault_proxy import FaultProxy
 from pstyle.bench.loopback_s3 import environment, loopback_s3_env
 from pstyle.bench.serve_http import APP, deploy, loopback_serve, noise_jpeg, populate
 from pstyle.config import ServeConfig
+from pstyle.distributed.runtime import HAPROXY_INGRESS_ENV
 from pstyle.store import Store
 from pstyle.store.events import read_events
 from pstyle.store.s3 import S3Store
@@ -229,7 +232,7 @@ def kill_ingress(app: str = APP) -> None:
 
 
 def ingress_killed(target: Target, warm: list[str], flush_s: float, lead_s: float = 3.0,
-                   timeout_s: float = 60.0) -> dict[str, Any]:  # fmt: skip
+                   timeout_s: float = 60.0, front: str = "Serve's proxy") -> dict[str, Any]:  # fmt: skip
     """Kill the only Ingress replica under load: what clients saw until a replacement answered, and
     how many acknowledged ratings never reached the store (at risk: those of the last `flush_s`)."""
     with Load(target, warm) as load:
@@ -249,7 +252,7 @@ def ingress_killed(target: Target, warm: list[str], flush_s: float, lead_s: floa
     at_risk = [i for i, at in load.acknowledged_at if killed - flush_s <= at <= killed]
     missing = missing_ratings(target.store, load.acknowledged, 2 * flush_s + 5)
     return {
-        "fault": "Ingress replica killed",
+        "fault": f"Ingress replica killed ({front})",
         "statuses": dict(Counter(c.status for c in after_kill)),
         "p99_ms": p99_ms([c for c in load.calls if c.status == 200]),
         "recovery_s": recovered,
@@ -260,10 +263,11 @@ def ingress_killed(target: Target, warm: list[str], flush_s: float, lead_s: floa
 
 
 @contextmanager
-def chaos_app(s3_url: str, bucket: str, workdir: Path, users: int = 4, **changes: Any) -> Iterator[Target]:
+def chaos_app(s3_url: str, bucket: str, workdir: Path, users: int = 4, haproxy: bool = False,
+              **changes: Any) -> Iterator[Target]:  # fmt: skip
     """The app on a private local Ray, its store `s3://bucket/chaos` reached through a FaultProxy in
     front of `s3_url`; users user0000.. each have an adapter, and only those a scenario warms up
-    are cached by the replica.
+    are cached by the replica. `haproxy`: Serve's HAProxy ingress instead of its Python proxy.
 
     The Ray processes reach S3 through the proxy (AWS_ENDPOINT_URL while Ray starts)."""
     store = S3Store(bucket, "chaos", endpoint_url=s3_url)
@@ -274,7 +278,10 @@ def chaos_app(s3_url: str, bucket: str, workdir: Path, users: int = 4, **changes
         **changes,
     )  # fmt: skip
     try:
-        with environment({"AWS_ENDPOINT_URL": proxy.url}), loopback_serve() as (_, _, url):
+        # HAProxy's manager actor can take over Serve's 5 s readiness limit to start on a busy 2-core
+        # machine; Serve then kills it and the start fails.
+        front = {**HAPROXY_INGRESS_ENV, "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"} if haproxy else {}
+        with environment({"AWS_ENDPOINT_URL": proxy.url, **front}), loopback_serve() as (_, _, url):
             deploy(config, concurrency=8)
             yield Target(url, keys, proxy, store, noise_jpeg(96, seed=0))
     finally:
@@ -287,32 +294,41 @@ def _host_port(url: str) -> tuple[str, int]:
 
 
 def bench_chaos(down_s: float = 20.0, delay_s: float = 2.0, phase_s: float = 15.0) -> dict[str, Any]:
-    """Every scenario on a fresh moto_server and app; the rows of the chaos table."""
+    """Every scenario on a fresh moto_server; the rows of the chaos table. The ingress scenario runs
+    on the same app, then again on a second one behind HAProxy."""
     bucket = "pstyle-chaos"
-    with (
-        loopback_s3_env(bucket) as s3_url,
-        tempfile.TemporaryDirectory() as tmp,
-        chaos_app(s3_url, bucket, Path(tmp)) as target,
-    ):
-        *warm, cold = target.keys
-        for user in warm:  # warm every cache: key record, alias, adapter, experiments
-            stylize(requests.Session(), target, user)
-        rows = [
-            s3_outage(target, warm, cold, down_s),
-            s3_slow(target, warm, delay_s, phase_s),
-            ingress_killed(target, warm, EVENT_FLUSH_S),
-        ]
+    with loopback_s3_env(bucket) as s3_url, tempfile.TemporaryDirectory() as tmp:
+        with chaos_app(s3_url, bucket, Path(tmp) / "proxy") as target:
+            *warm, cold = warm_up(target)
+            rows = [
+                s3_outage(target, warm, cold, down_s),
+                s3_slow(target, warm, delay_s, phase_s),
+                ingress_killed(target, warm, EVENT_FLUSH_S),
+            ]
+        boto3.client("s3").create_bucket(Bucket=f"{bucket}-haproxy")  # a fresh store for a fresh app
+        with chaos_app(s3_url, f"{bucket}-haproxy", Path(tmp) / "haproxy", haproxy=True) as target:
+            *warm, _ = warm_up(target)
+            rows.append(ingress_killed(target, warm, EVENT_FLUSH_S, front="HAProxy"))
     return {"benchmark": "chaos", "machine": machine_description(torch.device("cpu")), "rows": rows}
 
 
+def warm_up(target: Target) -> list[str]:
+    """Every user but the last stylizes once, so their key record, alias, adapter and the experiments
+    are cached; returns all users, the cold one last."""
+    *warm, cold = target.keys
+    for user in warm:
+        stylize(requests.Session(), target, user)
+    return [*warm, cold]
+
+
 def chaos_table(result: dict[str, Any]) -> str:
-    lines = [f"{'fault':<28}{'statuses':<34}{'p99 ms':>9}{'recovery s':>12}{'lost':>6}"]
+    lines = [f"{'fault':<40}{'statuses':<34}{'p99 ms':>9}{'recovery s':>12}{'lost':>6}"]
     for row in result["rows"]:
         statuses = " ".join(f"{k}:{v}" for k, v in sorted(row["statuses"].items(), key=lambda kv: str(kv[0])))
         if "cold_statuses" in row:
             statuses += " | cold " + " ".join(f"{k}:{v}" for k, v in sorted(row["cold_statuses"].items()))
         recovery = "-" if row["recovery_s"] is None else f"{row['recovery_s']:.1f}"
-        lines.append(f"{row['fault']:<28}{statuses:<34}{row['p99_ms']:>9.0f}{recovery:>12}{row['lost']:>6}")
+        lines.append(f"{row['fault']:<40}{statuses:<34}{row['p99_ms']:>9.0f}{recovery:>12}{row['lost']:>6}")
     return "\n".join(lines)
 
 
