@@ -519,6 +519,11 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 EXPORT_FORMATS = ("int8", "pruned", "compiled", "onnx")
 
 
+# Calibration style sets are 4 tiles of this side cut from each shipped style photo, the smallest
+# of which is 640 x 427 (`pstyle.data.photos.real_style_users`).
+MAX_CALIBRATION_SIZE = 208
+
+
 @dataclass
 class ExportConfig(ConfigFile):
     """How `pstyle export` turns a base checkpoint into a serving variant (pstyle.training.variants)."""
@@ -539,8 +544,10 @@ class ExportConfig(ConfigFile):
             raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
         if self.channels < 2 or self.distill_steps < 0 or self.calibration_batches < 1 or self.batch < 1:
             raise ValueError("channels >= 2, distill_steps >= 0, calibration_batches >= 1 and batch >= 1")
-        if self.size < 32 or self.size % 16:
-            raise ValueError(f"size must be a multiple of 16 and at least 32, got {self.size}")
+        if self.size < 32 or self.size % 16 or self.size > MAX_CALIBRATION_SIZE:
+            raise ValueError(
+                f"size must be a multiple of 16 from 32 to {MAX_CALIBRATION_SIZE}, got {self.size}"
+            )
 
 
 @dataclass

@@ -168,6 +168,7 @@ def test_export_cli_errors_are_one_line(base: Path, tmp_path: Path) -> None:
     for args, message in (
         (["--format", "fp8"], "format must be one of"),
         (["--format", "int8", "--size", "50"], "multiple of 16"),
+        (["--format", "int8", "--size", "256"], "from 32 to 208"),
         (["--model", str(tmp_path)], "not a pstyle checkpoint"),
         (["--format", "pruned", "--channels", "16"], "does not prune a decoder of width 16"),
     ):
