@@ -34,6 +34,7 @@ from pstyle.training.objective import Batch
 
 SHUFFLE_BUFFER = 64  # rows each worker mixes across blocks and sources before cutting a batch
 ROWS_PER_BLOCK = 16  # procedural sources: blocks small enough to spread over many CPUs
+FILES_PER_BATCH = 16  # files per decoding call: their raw bytes are in memory together
 
 
 def image_files(uri: str) -> tuple[str, Any]:
@@ -42,8 +43,8 @@ def image_files(uri: str) -> tuple[str, Any]:
     if uri.startswith("s3://"):
         from pstyle.store.s3 import S3Store
 
-        bucket = S3Store.from_uri(uri.rstrip("/"))
-        return "/".join(part for part in (bucket.bucket, bucket.prefix) if part), bucket.arrow_filesystem()
+        store = S3Store.from_uri(uri.rstrip("/"))
+        return "/".join(part for part in (store.bucket, store.prefix) if part), store.arrow_filesystem()
     folder = Path(uri).resolve()
     if not folder.is_dir():
         raise FileNotFoundError(f"{uri}: no such image folder")
@@ -57,16 +58,18 @@ def check_image_folders(job: TrainJob) -> None:
             image_files(uri)
 
 
-def _read_files(uri: str) -> Any:
+def _read_files(uri: str, rows: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> Any:
+    """The image files under `uri`, turned into training rows `FILES_PER_BATCH` files at a time."""
     import ray.data
 
     path, filesystem = image_files(uri)
-    return ray.data.read_binary_files(
+    files = ray.data.read_binary_files(
         path,
         filesystem=filesystem,
         include_paths=True,
         file_extensions=[suffix.lstrip(".") for suffix in IMAGE_SUFFIXES],
     )
+    return files.map_batches(rows, batch_size=FILES_PER_BATCH, batch_format="numpy")
 
 
 def _procedural(count: int) -> Any:
@@ -87,13 +90,13 @@ def training_datasets(job: TrainJob, config: PStyleConfig) -> dict[str, Any]:
     content, styles = [], []
     if job.content:
         rows = functools.partial(stream_rows.photo_content_rows, size=size)
-        content.append(_read_files(job.content).map_batches(rows, batch_format="numpy"))
+        content.append(_read_files(job.content, rows))
     if job.scenes:
         rows = functools.partial(stream_rows.scene_content_rows, size=size, seed=seed)
         content.append(_procedural(job.scenes).map_batches(rows, batch_format="numpy"))
     if job.styles:
         rows = functools.partial(stream_rows.photo_style_rows, size=size, set_size=set_size)
-        styles.append(_read_files(job.styles).map_batches(rows, batch_format="numpy"))
+        styles.append(_read_files(job.styles, rows))
     if job.style_users:
         rows = functools.partial(stream_rows.user_style_rows, size=size, set_size=set_size, seed=seed)
         styles.append(_procedural(job.style_users).map_batches(rows, batch_format="numpy"))

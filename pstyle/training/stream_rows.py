@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -46,33 +47,34 @@ def _uint8(images: list[torch.Tensor], shape: tuple[int, ...]) -> np.ndarray:
     return (torch.stack(images).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def path_keys(paths: np.ndarray) -> np.ndarray:
+def path_keys(paths: Iterable[str]) -> np.ndarray:
     """A stable int64 key per file path (crc32): tells rows apart without carrying strings."""
     return np.array([zlib.crc32(str(p).encode()) for p in paths], np.int64)
 
 
-def _decoded(batch: dict[str, np.ndarray], size: int) -> tuple[list[torch.Tensor], np.ndarray]:
-    """The batch's readable images as (3,H,W) floats and their paths; an unreadable file is logged
-    and skipped, so one corrupt image among millions does not stop a run."""
-    images, paths = [], []
+def _readable(batch: dict[str, np.ndarray], size: int) -> Iterator[tuple[torch.Tensor, str]]:
+    """The batch's readable images as (3,H,W) floats with their paths, decoded one at a time so a
+    caller that crops each before the next holds one full-size image, not the batch; an unreadable
+    file is logged and skipped, so one corrupt image among millions does not stop a run."""
     for data, path in zip(batch["bytes"], batch["path"], strict=True):
         try:
             image = open_image(bytes(data), name=str(path), draft_side=DRAFT_FACTOR * size)
         except ImageError as e:
             log.warning("skipping %s", e)
             continue
-        images.append(to_tensor(image))
-        paths.append(path)
-    return images, np.array(paths, dtype=object)
+        yield to_tensor(image), str(path)
 
 
 def photo_content_rows(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     """Files (`bytes`, `path`) -> content rows: one augmented crop each, no subject mask."""
-    images, paths = _decoded(batch, size)
     gen = _fresh_generator()
-    n = len(images)
+    crops, paths = [], []
+    for image, path in _readable(batch, size):
+        crops.append(augment(image, size, gen))
+        paths.append(path)
+    n = len(crops)
     return {
-        "image": _uint8([augment(image, size, gen) for image in images], (3, size, size)),
+        "image": _uint8(crops, (3, size, size)),
         "mask": np.zeros((n, 1, size, size), np.uint8),
         "mask_valid": np.zeros(n, bool),
         "key": path_keys(paths),
@@ -98,12 +100,11 @@ def scene_content_rows(batch: dict[str, np.ndarray], size: int, seed: int) -> di
 def photo_style_rows(batch: dict[str, np.ndarray], size: int, set_size: int) -> dict[str, np.ndarray]:
     """Files -> style rows: `set_size + 1` crops of one image (one consistent look); the last is
     the real image D sees."""
-    images, paths = _decoded(batch, size)
     gen = _fresh_generator()
-    sets = [
-        torch.stack([augment(image, size, gen, jitter=False) for _ in range(set_size + 1)])
-        for image in images
-    ]
+    sets, paths = [], []
+    for image, path in _readable(batch, size):
+        sets.append(torch.stack([augment(image, size, gen, jitter=False) for _ in range(set_size + 1)]))
+        paths.append(path)
     return {"styles": _uint8(sets, (set_size + 1, 3, size, size)), "key": path_keys(paths)}
 
 
