@@ -293,7 +293,7 @@ def run_base_training(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pstyle.distributed.train_input import check_image_folders, training_datasets
+    from pstyle.distributed.train_input import image_folders, training_datasets
     from pstyle.store import open_store
     from pstyle.store.registry import Registry
 
@@ -302,7 +302,7 @@ def run_base_training(
         raise ValueError(
             f"train.batch_size {config.train.batch_size} does not split evenly across {workers} workers"
         )
-    data_dir = None
+    data_dir, folders = None, {}
     if not job.streamed:
         if not job.data:
             raise ValueError(
@@ -313,11 +313,11 @@ def run_base_training(
         if not data_dir.is_dir():
             raise FileNotFoundError(f"{data_dir}: no such data folder")
     else:
-        check_image_folders(job)
+        folders = image_folders(job)
     ensure_ray(job.ray_address)
     datasets = None
     if job.streamed:
-        datasets = training_datasets(job, config)
+        datasets = training_datasets(job, config, folders)
         warn_if_no_cpu_left_for_data(job, log)
     store_obj = open_store(job.store)
     storage_path, filesystem = store_obj.arrow_storage(STORAGE_PREFIX)

@@ -51,18 +51,20 @@ def image_files(uri: str) -> tuple[str, Any]:
     return str(folder), None
 
 
-def check_image_folders(job: TrainJob) -> None:
-    """Fail before Ray starts when a local image folder the job names does not exist."""
-    for uri in (job.content, job.styles):
-        if uri:
-            image_files(uri)
+def image_folders(job: TrainJob) -> dict[str, tuple[str, Any]]:
+    """uri -> `image_files(uri)` for the job's content and style folders; resolved before Ray starts,
+    so a missing local folder fails first."""
+    return {uri: image_files(uri) for uri in (job.content, job.styles) if uri}
 
 
-def _read_files(uri: str, rows: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> Any:
-    """The image files under `uri`, turned into training rows `FILES_PER_BATCH` files at a time."""
+def _read_files(
+    folder: tuple[str, Any], rows: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+) -> Any:
+    """The image files of `folder` (`image_files`), turned into training rows `FILES_PER_BATCH` files
+    at a time."""
     import ray.data
 
-    path, filesystem = image_files(uri)
+    path, filesystem = folder
     files = ray.data.read_binary_files(
         path,
         filesystem=filesystem,
@@ -84,19 +86,22 @@ def _union(parts: list[Any]) -> Any:
     return (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).randomize_block_order()
 
 
-def training_datasets(job: TrainJob, config: PStyleConfig) -> dict[str, Any]:
-    """{"content": ..., "styles": ...}: the Ray Data datasets a streamed job trains on."""
+def training_datasets(
+    job: TrainJob, config: PStyleConfig, folders: dict[str, tuple[str, Any]]
+) -> dict[str, Any]:
+    """{"content": ..., "styles": ...}: the Ray Data datasets a streamed job trains on (`folders`:
+    `image_folders(job)`)."""
     size, set_size, seed = config.train.image_size, config.train.style_images, config.train.seed
     content, styles = [], []
     if job.content:
         rows = functools.partial(stream_rows.photo_content_rows, size=size)
-        content.append(_read_files(job.content, rows))
+        content.append(_read_files(folders[job.content], rows))
     if job.scenes:
         rows = functools.partial(stream_rows.scene_content_rows, size=size, seed=seed)
         content.append(_procedural(job.scenes).map_batches(rows, batch_format="numpy"))
     if job.styles:
         rows = functools.partial(stream_rows.photo_style_rows, size=size, set_size=set_size)
-        styles.append(_read_files(job.styles, rows))
+        styles.append(_read_files(folders[job.styles], rows))
     if job.style_users:
         rows = functools.partial(stream_rows.user_style_rows, size=size, set_size=set_size, seed=seed)
         styles.append(_procedural(job.style_users).map_batches(rows, batch_format="numpy"))
@@ -122,7 +127,7 @@ def endless_batches(
             while len(pending["key"]) >= rows:
                 yield {k: v[:rows] for k, v in pending.items()}
                 pending = {k: v[rows:] for k, v in pending.items()}
-        if not keys or not sum(len(k) for k in keys):
+        if not sum(len(k) for k in keys):
             raise RuntimeError(
                 "this worker's share of the streamed input is empty: give more images or fewer workers"
             )
