@@ -328,6 +328,8 @@ class PersonalizeConfig(ConfigFile):
     feedback_margin: float = 0.1  # disliked outputs must be this much (relatively) farther than the style
     l2: float = 1e-3  # on adapter weights (not the style code)
     base_consistency: float = 0.1  # MSE to the base model's output for the same code and noise
+    ssim_budget: float = 0.04  # content SSIM an output may lose against the base's zero-shot output
+    ssim_penalty: float = 1e4  # per unit of SSIM lost beyond the budget: a wall, not a trade-off
     seed: int = 0
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
@@ -530,10 +532,11 @@ class ExportConfig(ConfigFile):
 
     format: str = flag("int8", "int8 | pruned | compiled | onnx")
     channels: int = flag(
-        16, "pruned: the decoder width kept (the base's ModelConfig.channels is the full width)"
+        12, "pruned: the decoder width kept (the base's ModelConfig.channels is the full width)"
     )
-    distill_steps: int = flag(100, "pruned: fine-tune steps matching the full generator's outputs")
-    distill_lr: float = flag(1e-4, "pruned: Adam learning rate of that fine-tune")
+    distill_steps: int = flag(1200, "pruned: fine-tune steps matching the full generator's outputs")
+    distill_lr: float = flag(3e-4, "pruned: Adam learning rate of that fine-tune")
+    distill_pairs: int = flag(1200, "pruned: distinct (content, style code) pairs that fine-tune cycles over")
     calibration_batches: int = flag(8, "batches of real and procedural content that calibrate or rank")
     batch: int = flag(4, "images per calibration and fine-tune batch")
     size: int = flag(128, "side of those images (px)")
@@ -542,8 +545,14 @@ class ExportConfig(ConfigFile):
     def __post_init__(self) -> None:
         if self.format not in EXPORT_FORMATS:
             raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
-        if self.channels < 2 or self.distill_steps < 0 or self.calibration_batches < 1 or self.batch < 1:
-            raise ValueError("channels >= 2, distill_steps >= 0, calibration_batches >= 1 and batch >= 1")
+        if (
+            self.channels < 2 or self.distill_steps < 0 or self.distill_pairs < 1
+            or self.calibration_batches < 1 or self.batch < 1
+        ):  # fmt: skip
+            raise ValueError(
+                "channels >= 2, distill_steps >= 0, distill_pairs >= 1, calibration_batches >= 1 "
+                "and batch >= 1"
+            )
         if self.size < 32 or self.size % 16 or self.size > MAX_CALIBRATION_SIZE:
             raise ValueError(
                 f"size must be a multiple of 16 from 32 to {MAX_CALIBRATION_SIZE}, got {self.size}"

@@ -388,7 +388,7 @@ def test_killed_actor_is_restarted_without_training_a_user_twice_or_losing_one(
     killer.start()
     spec = AdapterJobConfig(users=manifest, base="base@1", store=str(store.root), name="killed", workers=2,
                             group_size=1, n_content=8, ray_address="local")  # fmt: skip
-    recipe = PersonalizeConfig(steps=20, eval_every=10, batch_size=4)  # seconds per user
+    recipe = PersonalizeConfig(steps=40, eval_every=20, batch_size=4)  # outlasts an actor restart
     summary = run_adapter_job(spec, recipe, log=quiet)
     ended = time.monotonic()
     killer.join(timeout=10)

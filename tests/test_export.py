@@ -25,7 +25,9 @@ from pstyle.training.checkpoint import fingerprint, load_checkpoint
 from pstyle.training.variants import export_variant
 
 CFG = ModelConfig(channels=8, res_blocks=1, w_dim=16, noise_dim=4)
-SMALL_EXPORT = ExportConfig(calibration_batches=2, batch=2, size=64, distill_steps=4, channels=6)
+SMALL_EXPORT = ExportConfig(
+    calibration_batches=2, batch=2, size=64, distill_steps=4, distill_pairs=4, channels=6
+)
 
 
 def batches(n: int = 2, size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -221,6 +223,7 @@ def test_bench_variants_times_and_scores_every_export(base: Path, tmp_path: Path
         ("pruned-6", dataclasses.replace(SMALL_EXPORT, format="pruned")),
     ):
         export_variant(base, tmp_path / "exported" / name, config, progress=False)
+    (tmp_path / "exported" / ".pruned-8.tmp-abandoned").mkdir()  # an export that died half-way
     result = bench_variants(
         base,
         tmp_path / "exported",

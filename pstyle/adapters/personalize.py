@@ -15,6 +15,11 @@ The personalization loss for one user:
                                  low ratings must end up farther away than the user's own style;
   regularisation                 L2 on the adapter weights and a pull toward the base output, so a
                                  handful of images cannot drag the generator anywhere it likes;
+  SSIM budget                    each output may lose `ssim_budget` of content SSIM against the base's
+                                 zero-shot output for free, and pays `ssim_penalty` per unit beyond:
+                                 the texture terms above otherwise buy style with the photo's
+                                 structure (docs/benchmarks.md, "Personalization with real-image
+                                 style sets"), and a personalized photo must still show the photo;
   early stopping                 on the user's held-out style images (feature-statistics style
                                  distance), keeping the best state.
 
@@ -257,6 +262,21 @@ class GroupPersonalizer:
                 scores[u]["ssim"] += ssim(part, content).mean().item() / self.cfg.eval_seeds
         return scores
 
+    @torch.no_grad()
+    def stylize(self, content: Tensor, user: str, adapter: bool, seed: int = 0) -> Tensor:
+        """`content` in `user`'s style, through their adapter and learned code or the base's
+        zero-shot code: what the before/after scores look at."""
+        self.generator.eval()
+        code = (self.codes[user].detach() if adapter else self.base_codes[user]).expand(len(content), -1)
+        noise = self.generator.make_noise(content, seed=seed)
+        return self._render(content, code, noise, [user] if adapter else None)
+
+    @torch.no_grad()
+    def _zero_shot_ssim(self, content: Tensor, users: list[str]) -> dict[str, Tensor]:
+        """Per user, each content image's SSIM under the base's zero-shot code: the reference the
+        SSIM budget is spent against (fixed, so the budget does not drift with the learned code)."""
+        return {u: ssim(self.stylize(content, u, adapter=False, seed=self.cfg.seed), content) for u in users}
+
     # --- training ----------------------------------------------------------------------------------
     def _prepare(self, styles: dict[str, Tensor], feedback: dict[str, Feedback | None] | None) -> None:
         """Per user: held-out/train split, loss targets, and an adapter starting at the encoder's code."""
@@ -288,18 +308,21 @@ class GroupPersonalizer:
 
     def _losses(
         self, out: Tensor, batch: Tensor, codes: Tensor, base_out: Tensor, content_feats: list[Tensor],
-        users: list[str],
+        base_ssim: Tensor, users: list[str],
     ) -> dict[str, Tensor]:  # fmt: skip
         """The loss terms, each the sum over users of that user's batch-mean term (so a user's gradient
-        does not depend on how many others share the batch)."""
+        does not depend on how many others share the batch). base_ssim (B,): each content image's SSIM
+        under the base's zero-shot code (`_zero_shot_ssim`)."""
         cfg, w, k = self.cfg, self.loss_weights, len(users)
         n = len(batch) // k
         feats = self.features(out)
+        ssim_overspend = F.relu(base_ssim - cfg.ssim_budget - ssim(out, batch))
         terms = {
             "content": k * w.content * losses.content_loss(feats, content_feats),
             "structure": k * w.structure * losses.structure_loss(feats, content_feats),
             "adversarial": k * w.adversarial * losses.g_hinge_loss(self.base.discriminator(out, codes)),
             "base_consistency": k * cfg.base_consistency * F.mse_loss(out, base_out),
+            "ssim_budget": k * cfg.ssim_penalty * ssim_overspend.mean(),
             "l2": cfg.l2 * sum(p.square().sum() for u in users for p in self.weights[u]),
         }
         per_user = {"style": [], "sliced_wasserstein": [], "patch_swd": [], "feedback": []}
@@ -349,6 +372,7 @@ class GroupPersonalizer:
         gen = torch.Generator().manual_seed(cfg.seed)
         self._prepare(styles, feedback)
         users = list(self.user_ids)
+        self.base_ssim = self._zero_shot_ssim(content, users)
         opt = torch.optim.Adam(
             [
                 {"params": [p for u in users for p in self.weights[u]], "lr": cfg.lr},
@@ -367,6 +391,8 @@ class GroupPersonalizer:
         for step in bar:
             idx = torch.cat([torch.randint(len(content), (cfg.batch_size,), generator=gen) for _ in active])
             batch = content[idx]
+            per_user_idx = zip(active, idx.chunk(len(active)), strict=True)
+            base_ssim = torch.cat([self.base_ssim[u][i] for u, i in per_user_idx])
             noise = self.generator.make_noise(batch)
             codes = torch.cat([self.codes[u].expand(cfg.batch_size, -1) for u in active])
             with torch.no_grad():
@@ -374,7 +400,7 @@ class GroupPersonalizer:
                 content_feats = self.features(batch)
             self.generator.train()  # adapter dropout on, if configured
             out = self._render(batch, codes, noise, active)
-            loss = sum(self._losses(out, batch, codes, base_out, content_feats, active).values())
+            loss = sum(self._losses(out, batch, codes, base_out, content_feats, base_ssim, active).values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -4,7 +4,8 @@ Four users (`pstyle.data.photos.real_style_users`: tiles of an illustration, a m
 photographs), each trained alone with the default `PersonalizeConfig` on content that mixes shipped
 photo crops and procedural scenes. Reported per user: held-out feature-statistics style distance
 and content SSIM of the base's zero-shot code vs the rank-8 adapter, on a content batch that early
-stopping never saw.
+stopping never saw. `grid` writes what those numbers describe: per user, a held-out style image,
+then fresh photo crops as content | base | adapter.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from torchvision.utils import save_image
 
 from pstyle.adapters.personalize import Personalizer
 from pstyle.bench.common import machine_description
@@ -21,19 +23,28 @@ from pstyle.data.photos import photo_crops, real_style_users
 from pstyle.data.synth import scene_tensors
 from pstyle.training.checkpoint import load_checkpoint
 
+GRID_PHOTOS = 3  # content photos per user in the grid
+
 
 def bench_real_users(
-    model_dir: Path, size: int = 128, steps: int | None = None, progress: bool = True
-) -> dict:
+    model_dir: Path, size: int = 128, steps: int | None = None, progress: bool = True,
+    grid: Path | None = None,
+) -> dict:  # fmt: skip
     base, meta = load_checkpoint(model_dir)
     config = PStyleConfig.from_dict(meta["config"])
     cfg = PersonalizeConfig() if steps is None else PersonalizeConfig(steps=steps)
     content = torch.cat([photo_crops(2 * cfg.batch_size, size), scene_tensors(2 * cfg.batch_size, size)])
     content = content[torch.randperm(len(content), generator=torch.Generator().manual_seed(0))]
-    rows = []
+    shown = photo_crops(GRID_PHOTOS, size, seed=1)  # other crops than the training batch's
+    rows, cells = [], []
     for user, styles in real_style_users(size).items():
         start = time.perf_counter()
-        result = Personalizer(base, config, cfg, user).fit(content, styles, progress=progress)
+        personalizer = Personalizer(base, config, cfg, user)
+        result = personalizer.fit(content, styles, progress=progress)
+        cells.append(personalizer.held[user][:1])
+        zero_shot = personalizer.stylize(shown, user, adapter=False)
+        adapted = personalizer.stylize(shown, user, adapter=True)
+        cells += [torch.stack(triple) for triple in zip(shown, zero_shot, adapted, strict=True)]
         before, after = result["before"], result["after"]
         rows.append({
             "user": user,
@@ -45,6 +56,8 @@ def bench_real_users(
             "best_step": result["best_step"],
             "seconds": time.perf_counter() - start,
         })  # fmt: skip
+    if grid is not None:
+        save_image(torch.cat(cells), grid, nrow=1 + 3 * GRID_PHOTOS)
     return {"benchmark": "real-users", "machine": machine_description(torch.device("cpu")), "size": size,
             "steps": cfg.steps, "rows": rows}  # fmt: skip
 

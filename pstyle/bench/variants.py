@@ -50,7 +50,8 @@ EXPORTS = {
 def load_forwards(base: StyleModel, exported: Path, size: int, batch: int) -> dict[str, Forward]:
     """fp32 eager (`base`) and every variant exported under `exported/<name>/`, as forward functions."""
     forwards: dict[str, Forward] = {"fp32": base.generator}
-    for directory in sorted(p for p in exported.iterdir() if p.is_dir()):
+    # hidden folders are exports still being written (or abandoned): `atomic_directory`'s temporaries
+    for directory in sorted(p for p in exported.iterdir() if p.is_dir() and not p.name.startswith(".")):
         model, meta = load_checkpoint(directory)
         model = apply_variant(model.eval(), directory, meta)
         fmt = variant_format(meta)

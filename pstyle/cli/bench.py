@@ -77,12 +77,17 @@ def bench_generator_cmd(
 @MODEL_OPTION
 @click.option("--size", default=128, show_default=True)
 @click.option("--steps", default=None, type=int, help="default: PersonalizeConfig().steps")
-def bench_real_users_cmd(out_dir: Path, model_dir: Path | None, size: int, steps: int | None) -> None:
+@click.option(
+    "--grid", default=None, type=click.Path(path_type=Path), help="PNG: style | content, base, adapter"
+)
+def bench_real_users_cmd(
+    out_dir: Path, model_dir: Path | None, size: int, steps: int | None, grid: Path | None
+) -> None:
     """Adapters for 4 users whose styles are real images: held-out style distance and SSIM vs the base."""
     from pstyle.bench.real_users import bench_real_users, real_users_table
     from pstyle.training.bundled import resolve_model_dir
 
-    result = bench_real_users(resolve_model_dir(model_dir), size, steps)
+    result = bench_real_users(resolve_model_dir(model_dir), size, steps, grid=grid)
     show(result, real_users_table(result), out_dir)
 
 

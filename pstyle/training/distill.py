@@ -2,9 +2,9 @@
 
 Matching the teacher's outputs (same content, code and noise) needs no labels and no discriminator,
 and it recovers what the dropped channels carried rather than re-learning the style task from
-scratch in a hundred steps. Pixels alone (L1) teach the average colour but blur the texture, so the
-loss adds the channel mean/std of the frozen trunk's features of both outputs (the style loss's
-statistics), which is what the style distance of the evaluation measures.
+scratch in a few hundred steps. Pixels alone (L1) teach the average colour but blur the texture,
+so the loss adds the channel mean/std of the frozen trunk's features of both outputs (the style
+loss's statistics), which is what the style distance of the evaluation measures.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Every variant is a checkpoint directory (model.safetensors + meta.json with a `v
 `ServeConfig.base` / `base_ref`; `pstyle.models.variants.apply_variant` rebuilds it at load.
 
 Calibration (int8 ranges, pruning importance) and the pruned fine-tune run on the photographs that
-packages ship (pstyle.data.photos) and on procedural scenes, each in styles encoded from real style
-images and scenes: never on the evaluation photos.
+packages ship (pstyle.data.photos) and on procedural scenes, each paired with a style code from a
+pool of real style images, procedural users, scenes and photos: never on the evaluation photos.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,26 +34,45 @@ from pstyle.models.variants import ONNX_FILE, Synthesize
 from pstyle.store.atomic import atomic_directory, atomic_write
 from pstyle.training.checkpoint import META_FILE, MODEL_FILE, load_checkpoint, save_checkpoint
 from pstyle.training.distill import distill
+from pstyle.training.stream_rows import user_style_rows
+
+STYLE_POOL = {"procedural users": 48, "scenes": 24, "photo crops": 24}  # style sets per kind
 
 
 @torch.no_grad()
+def style_code_pool(model: StyleModel, size: int, seed: int) -> Tensor:
+    """Codes of varied style sets: the four real-image users, procedural users of every family, and
+    single scenes and photo crops. Distilling a pruned generator on a few dozen fixed codes taught it
+    those codes' outputs rather than the code space: unseen styles lost texture (docs/benchmarks.md,
+    "Serving variants")."""
+    users = user_style_rows({"id": np.arange(STYLE_POOL["procedural users"])}, size, 2, seed)["styles"]
+    batches_of_sets = [  # (sets, images per set, 3, S, S): the encoder takes each group in one pass
+        torch.stack(list(real_style_users(size=size, count=4).values())),
+        torch.from_numpy(users).float().div(255),
+        scene_tensors(STYLE_POOL["scenes"], size, seed + 1)[:, None],
+        photo_crops(STYLE_POOL["photo crops"], size, seed + 2)[:, None],
+    ]
+    return torch.cat([model.encoder(sets) for sets in batches_of_sets])
+
+
+@torch.no_grad()
+def paired_batches(
+    model: StyleModel, cfg: ExportConfig, pairs: int, seed: int
+) -> list[tuple[Tensor, Tensor]]:
+    """`pairs` (content, style code) pairs in batches of `cfg.batch`: half shipped photo crops, half
+    procedural scenes, each with a code drawn from `style_code_pool`."""
+    gen = torch.Generator().manual_seed(seed)
+    half = pairs // 2
+    content = torch.cat([photo_crops(pairs - half, cfg.size, seed), scene_tensors(half, cfg.size, seed)])
+    codes = style_code_pool(model, cfg.size, seed)
+    content = content[torch.randperm(pairs, generator=gen)]
+    codes = codes[torch.randint(len(codes), (pairs,), generator=gen)]
+    return [(content[i : i + cfg.batch], codes[i : i + cfg.batch]) for i in range(0, pairs, cfg.batch)]
+
+
 def calibration_batches(model: StyleModel, cfg: ExportConfig) -> list[tuple[Tensor, Tensor]]:
-    """`cfg.calibration_batches` batches of (content, style codes): half shipped photo crops, half
-    procedural scenes, paired at random with the codes of four real style sets and of other scenes."""
-    n = cfg.calibration_batches * cfg.batch
-    gen = torch.Generator().manual_seed(cfg.seed)
-    content = torch.cat(
-        [photo_crops(n - n // 2, cfg.size, cfg.seed), scene_tensors(n // 2, cfg.size, cfg.seed)]
-    )
-    style_sets = [*real_style_users(size=cfg.size, count=4).values()]
-    if n > len(style_sets):
-        style_sets += [scene[None] for scene in scene_tensors(n - len(style_sets), cfg.size, cfg.seed + 1)]
-    codes = torch.cat([model.encoder(styles) for styles in style_sets])
-    content, codes = (
-        content[torch.randperm(n, generator=gen)],
-        codes[torch.randperm(len(codes), generator=gen)[:n]],
-    )
-    return [(content[i : i + cfg.batch], codes[i : i + cfg.batch]) for i in range(0, n, cfg.batch)]
+    """What int8 ranges and pruning importance are measured on."""
+    return paired_batches(model, cfg, cfg.calibration_batches * cfg.batch, cfg.seed)
 
 
 def export_variant(model_dir: Path, out: Path, cfg: ExportConfig, progress: bool = True) -> dict[str, Any]:
@@ -103,7 +123,8 @@ def _export_pruned(
     batches = calibration_batches(model, cfg)
     importance = channel_importance(model.generator, batches, cfg.seed)
     small, small_cfg = pruned_generator(model.generator, model.cfg, importance, cfg.channels)
-    losses = distill(small, model.generator, batches, cfg.distill_steps, cfg.distill_lr, cfg.seed, progress)
+    pairs = paired_batches(model, cfg, cfg.distill_pairs, cfg.seed + 1)
+    losses = distill(small, model.generator, pairs, cfg.distill_steps, cfg.distill_lr, cfg.seed, progress)
     config = PStyleConfig.from_dict(meta["config"])
     config.model = small_cfg
     pruned = StyleModel(small_cfg)
