@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -88,6 +90,16 @@ def test_subject_masks_on_the_dev_photos():
     scores = subject_iou(subject_mask, "dev")
     assert scores["mean"] >= 0.7, scores
     assert min(scores["grace_hopper"], scores["portrait"]) >= 0.6, scores  # the people, via the face prior
+
+
+def test_subject_mask_is_the_same_whatever_opencv_drew_before():
+    """GrabCut starts from OpenCV's global RNG; its mask must depend on the photo and `seed` only."""
+    photo = labelled_photos("dev")["portrait"][0][None]  # its mask does differ between seeds
+    first = subject_mask(photo)
+    cv2.setRNGSeed(12345)
+    cv2.randu(np.empty(100, np.float32), 0, 1)  # another caller used the RNG in between
+    assert torch.equal(subject_mask(photo), first)
+    assert not torch.equal(subject_mask(photo, seed=1), first)
 
 
 def test_person_prior_only_where_there_is_a_face():

@@ -120,12 +120,13 @@ def _unit_range(x: Tensor) -> Tensor:
     return (x - low) / (high - low).clamp_min(1e-6)
 
 
-def refine_with_grabcut(image: Tensor, prior: Tensor) -> Tensor:
+def refine_with_grabcut(image: Tensor, prior: Tensor, seed: int = 0) -> Tensor:
     """(3,H,W) image and (1,H,W) prior in [0,1] -> binary (1,H,W) subject mask from GrabCut.
 
     Seeds: prior >= PROBABLE_FG probable foreground (>= CERTAIN_FG certain), the rest probable
     background, and a thin image border certain background. Falls back to the thresholded prior when GrabCut
-    cannot separate the two (a flat image).
+    cannot separate the two (a flat image). GrabCut's colour models start from k-means on OpenCV's
+    global RNG, so `seed` is set first: the same photo always gets the same mask, whatever ran before.
     """
     h, w = image.shape[-2:]
     scale = min(1.0, GRABCUT_SIDE / min(h, w))
@@ -146,6 +147,7 @@ def refine_with_grabcut(image: Tensor, prior: Tensor) -> Tensor:
     else:
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         try:
+            cv2.setRNGSeed(seed)
             cv2.grabCut(rgb, seeds, None, bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
             mask = torch.from_numpy(((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.float32))
         except cv2.error:
@@ -155,8 +157,8 @@ def refine_with_grabcut(image: Tensor, prior: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def subject_mask(images: Tensor) -> Tensor:
-    """(B,3,H,W) in [0,1] -> (B,1,H,W) binary masks of each photo's subject."""
+def subject_mask(images: Tensor, seed: int = 0) -> Tensor:
+    """(B,3,H,W) in [0,1] -> (B,1,H,W) binary masks of each photo's subject (`seed`: GrabCut's)."""
     prior = subject_prior(images).cpu()
-    masks = [refine_with_grabcut(img.cpu(), p) for img, p in zip(images, prior, strict=True)]
+    masks = [refine_with_grabcut(img.cpu(), p, seed) for img, p in zip(images, prior, strict=True)]
     return torch.stack(masks).to(images.device, images.dtype)
