@@ -372,7 +372,7 @@ class GroupPersonalizer:
         gen = torch.Generator().manual_seed(cfg.seed)
         self._prepare(styles, feedback)
         users = list(self.user_ids)
-        self.base_ssim = self._zero_shot_ssim(content, users)
+        zero_shot_ssim = self._zero_shot_ssim(content, users)
         opt = torch.optim.Adam(
             [
                 {"params": [p for u in users for p in self.weights[u]], "lr": cfg.lr},
@@ -392,7 +392,7 @@ class GroupPersonalizer:
             idx = torch.cat([torch.randint(len(content), (cfg.batch_size,), generator=gen) for _ in active])
             batch = content[idx]
             per_user_idx = zip(active, idx.chunk(len(active)), strict=True)
-            base_ssim = torch.cat([self.base_ssim[u][i] for u, i in per_user_idx])
+            base_ssim = torch.cat([zero_shot_ssim[u][i] for u, i in per_user_idx])
             noise = self.generator.make_noise(batch)
             codes = torch.cat([self.codes[u].expand(cfg.batch_size, -1) for u in active])
             with torch.no_grad():
