@@ -65,12 +65,17 @@ def wrap_modules(generator: nn.Module, patterns: tuple[str, ...]) -> dict[str, L
 
 
 def inject_adapter(
-    generator: nn.Module, name: str, cfg: AdapterConfig, style_code: Tensor | None = None
+    generator: nn.Module,
+    name: str,
+    cfg: AdapterConfig,
+    style_code: Tensor | None = None,
+    rng: torch.Generator | None = None,
 ) -> list[str]:
     """Add adapter `name` to every layer matched by cfg.target_modules; returns those layers' names.
 
     The new adapter is an exact no-op (zero up weights); its style code starts as `style_code`
-    (the style encoder's code for the user's images) or zeros. As in PEFT, every parameter that is
+    (the style encoder's code for the user's images) or zeros. `rng` draws the down weights' initial
+    values (default: the global RNG). As in PEFT, every parameter that is
     not an adapter's is frozen: adapter training never computes gradients for the shared base.
     """
     if not name or "." in name or hasattr(nn.ModuleDict, name) or hasattr(nn.ParameterDict, name):
@@ -80,7 +85,7 @@ def inject_adapter(
         raise AdapterError(f"adapter {name!r} already exists; remove it first")
     layers = wrap_modules(generator, cfg.target_modules)
     for layer in layers.values():
-        layer.add_adapter(name, cfg.rank, cfg.alpha, cfg.dropout)
+        layer.add_adapter(name, cfg.rank, cfg.alpha, cfg.dropout, rng)
     weight = next(iter(layers.values())).base_layer.weight
     code = torch.zeros(style_dim(generator)) if style_code is None else style_code.detach().clone()
     registry.style_codes[name] = nn.Parameter(code.to(weight.device, weight.dtype))

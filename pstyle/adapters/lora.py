@@ -73,12 +73,18 @@ class LoRALayer(nn.Module):
         raise NotImplementedError
 
     # --- adapters ---------------------------------------------------------------------------------
-    def add_adapter(self, name: str, rank: int, alpha: float, dropout: float = 0.0) -> None:
-        """Add adapter `name`: kaiming `down` and zero `up` (as PEFT), an exact no-op until trained."""
+    def add_adapter(
+        self, name: str, rank: int, alpha: float, dropout: float = 0.0, rng: torch.Generator | None = None
+    ) -> None:
+        """Add adapter `name`: kaiming `down` (drawn from `rng`, or the global RNG) and zero `up` (as
+        PEFT), an exact no-op until trained."""
         if name in self.lora_down:
             raise ValueError(f"adapter {name!r} already exists on this layer")
         down, up = self.make_pair(rank)
-        nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
+        init = torch.empty(down.weight.shape)  # drawn on the CPU, so a CPU `rng` serves any device
+        nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=rng)
+        with torch.no_grad():
+            down.weight.copy_(init)
         nn.init.zeros_(up.weight)
         self.lora_down[name], self.lora_up[name] = down, up
         self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

@@ -56,7 +56,7 @@ from pstyle.adapters import (
 )
 from pstyle.adapters.lora import PerSample
 from pstyle.config import LossConfig, PersonalizeConfig, PStyleConfig
-from pstyle.data.splits import holdout_split
+from pstyle.data.splits import holdout_split, user_generator
 from pstyle.images import load_image
 from pstyle.models.features import FeatureExtractor
 from pstyle.models.style_model import StyleModel
@@ -132,20 +132,21 @@ def feedback_loss(
 
 
 def patch_swd_loss(out: Tensor, target_pyramid: list[Tensor], patches_per_image: int = 128,
-                   n_directions: int = 64) -> Tensor:  # fmt: skip
+                   n_directions: int = 64, rng: torch.Generator | None = None) -> Tensor:  # fmt: skip
     """Differentiable `metrics.swd`: sliced Wasserstein-1 between random 7x7x3 Laplacian-pyramid
     patches of `out` (B, 3, S, S) and of a target set (its pyramid, precomputed), averaged over levels.
 
     As in the metric, each patch set is normalised per colour channel by its own statistics, so the
     term matches the shape of local texture distributions at every scale, not just mean colours.
-    Patch positions and directions are fresh each call (global RNG): an unbiased stochastic estimate.
+    Patch positions and directions are fresh each call (from `rng`, else the device RNG): an unbiased
+    stochastic estimate.
     """
     levels = laplacian_pyramid(out, SWD_MIN_RES)
     total = out.new_zeros(())
     for lo, lt in zip(levels, target_pyramid, strict=True):
         n = len(lo) * patches_per_image
-        da, db = random_patches(lo, n, eps=1e-6), random_patches(lt, n, eps=1e-6)
-        total = total + sliced_distance(da, db, random_directions(da.shape[1], n_directions, da))
+        da, db = random_patches(lo, n, rng, eps=1e-6), random_patches(lt, n, rng, eps=1e-6)
+        total = total + sliced_distance(da, db, random_directions(da.shape[1], n_directions, da, rng))
     return total / len(levels)
 
 
@@ -190,6 +191,10 @@ class GroupPersonalizer:
     Everything around the generator (the base pass, features, discriminator) runs once on the whole
     batch either way. A group of one always uses the plain single-adapter path. The base model is
     untouched: adapters are injected into a deep copy of its generator.
+
+    Every random draw for a user (adapter init, content picks, noise, loss projections) comes from
+    that user's own generator (`user_generator`), so a user's adapter does not depend on the group
+    they train in or on what the process drew before.
     """
 
     def __init__(
@@ -279,9 +284,11 @@ class GroupPersonalizer:
 
     # --- training ----------------------------------------------------------------------------------
     def _prepare(self, styles: dict[str, Tensor], feedback: dict[str, Feedback | None] | None) -> None:
-        """Per user: held-out/train split, loss targets, and an adapter starting at the encoder's code."""
+        """Per user: held-out/train split, loss targets, random generator, and an adapter starting at
+        the encoder's code."""
         cfg = self.cfg
         self.held, self.targets, self.base_codes, self.codes, self.weights = {}, {}, {}, {}, {}
+        self.rngs = {user: user_generator(user, cfg.seed, stream="personalize") for user in self.user_ids}
         for user in self.user_ids:
             images = styles[user]
             if len(images) <= cfg.holdout:
@@ -300,7 +307,9 @@ class GroupPersonalizer:
                     feedback=fb,
                     feedback_desc=style_descriptors(self.features(fb.images.to(train))) if fb else None,
                 )
-            inject_adapter(self.generator, user, cfg.adapter, style_code=self.base_codes[user])
+            inject_adapter(
+                self.generator, user, cfg.adapter, style_code=self.base_codes[user], rng=self.rngs[user]
+            )
             self.codes[user] = style_code(self.generator, user)
             self.weights[user] = [
                 p for p in adapter_parameters(self.generator, user) if p is not self.codes[user]
@@ -333,11 +342,12 @@ class GroupPersonalizer:
                 w.style
                 * losses.style_loss(f_user, [(m.expand(n, -1), sd.expand(n, -1)) for m, sd in t.stats])
             )
+            rng = self.rngs[user]
             per_user["sliced_wasserstein"].append(
-                cfg.sliced_wasserstein * losses.sliced_wasserstein_loss(f_user, t.feats)
+                cfg.sliced_wasserstein * losses.sliced_wasserstein_loss(f_user, t.feats, rng=rng)
             )
             if cfg.patch_swd:
-                per_user["patch_swd"].append(cfg.patch_swd * patch_swd_loss(out[part], t.pyramid))
+                per_user["patch_swd"].append(cfg.patch_swd * patch_swd_loss(out[part], t.pyramid, rng=rng))
             if t.feedback is not None:
                 target = [torch.cat(pair, dim=1) for pair in t.stats]
                 per_user["feedback"].append(
@@ -369,7 +379,6 @@ class GroupPersonalizer:
         select, report = content[: cfg.batch_size], content[cfg.batch_size : 2 * cfg.batch_size]
         if len(report) == 0:
             raise ValueError(f"need at least {cfg.batch_size + 1} content images, got {len(content)}")
-        gen = torch.Generator().manual_seed(cfg.seed)
         self._prepare(styles, feedback)
         users = list(self.user_ids)
         zero_shot_ssim = self._zero_shot_ssim(content, users)
@@ -389,11 +398,15 @@ class GroupPersonalizer:
         label = users[0] if len(users) == 1 else f"{len(users)} users"
         bar = tqdm(range(1, cfg.steps + 1), desc=f"personalize {label}", disable=not progress)
         for step in bar:
-            idx = torch.cat([torch.randint(len(content), (cfg.batch_size,), generator=gen) for _ in active])
-            batch = content[idx]
-            per_user_idx = zip(active, idx.chunk(len(active)), strict=True)
-            base_ssim = torch.cat([zero_shot_ssim[u][i] for u, i in per_user_idx])
-            noise = self.generator.make_noise(batch)
+            picks = [torch.randint(len(content), (cfg.batch_size,), generator=self.rngs[u]) for u in active]
+            batch = content[torch.cat(picks)]
+            base_ssim = torch.cat([zero_shot_ssim[u][i] for u, i in zip(active, picks, strict=True)])
+            noise = torch.cat(
+                [
+                    self.generator.make_noise(content[i], rng=self.rngs[u])
+                    for u, i in zip(active, picks, strict=True)
+                ]
+            )
             codes = torch.cat([self.codes[u].expand(cfg.batch_size, -1) for u in active])
             with torch.no_grad():
                 base_out = self._render(batch, codes.detach(), noise, None)

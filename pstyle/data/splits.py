@@ -1,5 +1,6 @@
-"""The hold-out split of a user's style images, the same everywhere: training, evaluation,
-personalization and the adapter jobs all keep the same images out for a given (seed, user)."""
+"""Per-user randomness: the hold-out split of a user's style images, the same everywhere (training,
+evaluation, personalization and the adapter jobs keep the same images out for a given (seed, user)),
+and the generator behind every other random draw made for one user."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ import zlib
 
 import torch
 from torch import Tensor
+
+
+def user_generator(user_id: str, seed: int = 0, stream: str = "") -> torch.Generator:
+    """A CPU generator keyed by (seed, stream, user id) alone, so what is drawn for a user does not
+    depend on which other users exist, the order they train in, or what the process drew before.
+    Each `stream` (a purpose, such as "train") gets its own independent sequence."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32((stream + user_id).encode()))
 
 
 def holdout_split(images: Tensor, user_id: str, holdout: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -18,6 +26,5 @@ def holdout_split(images: Tensor, user_id: str, holdout: int, seed: int = 0) -> 
     if holdout < 0:
         raise ValueError(f"holdout must be >= 0, got {holdout}")
     n_hold = min(holdout, len(images) - 1)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(user_id.encode()))
-    order = torch.randperm(len(images), generator=gen)
+    order = torch.randperm(len(images), generator=user_generator(user_id, seed))
     return images[order[n_hold:]], images[order[:n_hold]]

@@ -128,10 +128,11 @@ class Generator(nn.Module):
             return alpha
         return alpha * feather(mask.to(content.dtype), content.shape[-2:], self.mask_feather)
 
-    def make_noise(self, like: Tensor, seed: int | None = None) -> Tensor:
-        """Standard-normal noise maps for a content batch `like`; a seed makes output reproducible."""
+    def make_noise(self, like: Tensor, seed: int | None = None, rng: torch.Generator | None = None) -> Tensor:
+        """Standard-normal noise maps for a content batch `like`, drawn from a fresh generator at
+        `seed`, from the CPU generator `rng`, or else from the global RNG."""
         b, _, h, w = like.shape
-        gen = None if seed is None else torch.Generator().manual_seed(seed)
+        gen = rng if seed is None else torch.Generator().manual_seed(seed)
         shape = (b, self.noise_dim, h // NOISE_STRIDE, w // NOISE_STRIDE)
         return torch.randn(shape, generator=gen).to(device=like.device, dtype=like.dtype)
 

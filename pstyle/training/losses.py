@@ -91,14 +91,18 @@ def total_variation(images: Tensor) -> Tensor:
 
 
 def sliced_wasserstein_loss(
-    out_feats: list[Tensor], style_feats: list[Tensor], n_directions: int = 32
+    out_feats: list[Tensor],
+    style_feats: list[Tensor],
+    n_directions: int = 32,
+    rng: torch.Generator | None = None,
 ) -> Tensor:
     """Sliced Wasserstein texture loss (Heitz et al. 2021): each output's feature vectors must have
     the same distribution as the pooled style images' along random 1-D projections.
 
     Matches whole distributions rather than second moments, so it keeps improving texture where
     a Gram loss is already satisfied. out_feats[i] is (B, C, H, W); style_feats[i] is (K, C, h, w),
-    one style set shared by the batch (a user's images).
+    one style set shared by the batch (a user's images). Directions come from the CPU generator `rng`
+    if given, else fresh from the device RNG.
     """
     total = out_feats[0].new_zeros(())
     for fo, fs in zip(out_feats, style_feats, strict=True):
@@ -106,7 +110,7 @@ def sliced_wasserstein_loss(
         vectors_out = fo.flatten(2).transpose(1, 2)  # (B, N, C): each output's own distribution
         vectors_style = fs.flatten(2).transpose(1, 2).reshape(-1, c)  # (M, C): the pooled style set
         total = total + sliced_distance(
-            vectors_out, vectors_style, random_directions(c, n_directions, fo), power=2
+            vectors_out, vectors_style, random_directions(c, n_directions, fo, rng), power=2
         )
     return total / len(out_feats)
 
