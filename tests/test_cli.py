@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.cli import pstyle_ok, run_pstyle
 from fixtures.tiny import set_args, tiny_settings
 
 from pstyle.config import PStyleConfig
@@ -70,17 +71,17 @@ def test_stylize_strength_region_and_seed(trained, synth_dir, tmp_path):
     out = tmp_path / "out.png"
     wide = tmp_path / "wide.png"
     save_image(torch.rand(3, 50, 90), wide)  # not a multiple of 16, not square
-    pstyle("stylize", wide, "--model", trained, *style_args, "-o", out, "--device", "cpu")
+    pstyle_ok("stylize", wide, "--model", trained, *style_args, "-o", out, "--device", "cpu")
     assert load_image(out).shape == (3, 48, 80)  # cropped to the stride, aspect kept
-    pstyle("stylize", wide, "--model", trained, *style_args, "-o", out, "--size", "64", "--device", "cpu")
+    pstyle_ok("stylize", wide, "--model", trained, *style_args, "-o", out, "--size", "64", "--device", "cpu")
     assert load_image(out).shape == (3, 64, 112)
     zero = tmp_path / "zero.png"
-    pstyle(
+    pstyle_ok(
         "stylize", content, "--model", trained, *style_args, "-o", zero, "--strength", "0", "--device", "cpu"
     )
     assert (load_image(zero) - load_image(content)).abs().max() <= 1 / 255 + 1e-6
     for region in ("subject", "background"):
-        pstyle(
+        pstyle_ok(
             "stylize",
             content,
             "--model",
@@ -114,20 +115,24 @@ def test_bad_inputs_give_one_line_errors(trained, synth_dir, tmp_path):
             "train.stepz",
         ),
     ]
-    for args, needle in cases:
-        proc = pstyle(*args, check=False)
-        assert proc.returncode == 1, (args, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and needle in lines[0], proc.stderr
+    for i, (args, needle) in enumerate(cases):
+        if i == 0:  # once through `python -m pstyle` itself, the rest through its `main` in this process
+            proc = pstyle(*args, check=False)
+            code, err = proc.returncode, proc.stderr
+        else:
+            code, _, err = run_pstyle(*args)
+        assert code == 1, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], err
     assert not x.exists()  # nothing half-written on failure
 
 
 def test_eval_writes_table_and_json(trained, synth_dir, tmp_path):
     out = tmp_path / "eval.json"
-    proc = pstyle(
+    stdout = pstyle_ok(
         "eval", "--model", trained, "--data", synth_dir, "--out", out, "--n-users", "2", "--n-content", "2"
     )
-    assert "reinhard" in proc.stdout
+    assert "reinhard" in stdout
     report = json.loads(out.read_text())
     assert set(report["methods"]) == {"model", "identity", "reinhard"}
     assert report["methods"]["identity"]["ssim"] == pytest.approx(1.0)

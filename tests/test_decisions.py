@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +9,8 @@ import numpy as np
 import pytest
 from fixtures.ab import HIGH, LOW
 from fixtures.ab import traffic as simulate
+from fixtures.cli import run_pstyle
 
-from pstyle.cli.main import main
 from pstyle.config import DecideConfig
 from pstyle.serving.decisions import boundaries, decide, read_looks, spent
 from pstyle.serving.experiments import Experiment, ExperimentStore, Variant
@@ -144,20 +143,13 @@ def test_no_difference_at_the_final_look_keeps_production(tmp_path: Path) -> Non
     assert decision.action == "rolled_back" and "no significant difference at the final" in decision.reason
 
 
-def test_cli_one_line_per_experiment_and_one_line_errors(tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+def test_cli_one_line_per_experiment_and_one_line_errors(tmp_path: Path) -> None:
     store = setup_store(tmp_path)
     ExperimentStore(store).create(Experiment("three", tuple(Variant(n, "production") for n in "abc")))
     traffic(store, {"production": HIGH, "candidate": LOW})
 
     def pstyle(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["pstyle", "ab", "decide", "--store", str(store.root), *args])
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capsys.readouterr()
-        return code, out, err
+        return run_pstyle("ab", "decide", "--store", store.root, *args)
 
     code, out, _ = pstyle(
         "--dry-run", "--min-ratings", "30", "--planned-ratings", "200", "--min-exposures", "40"

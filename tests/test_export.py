@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.cli import run_pstyle
 from fixtures.serving import random_base, write_adapter
-from test_cli import pstyle
 
 from pstyle.adapters import load_adapter, merge_adapter, set_active_adapter, unmerge_adapter
 from pstyle.config import ExportConfig, ModelConfig
@@ -174,13 +174,13 @@ def test_export_cli_errors_are_one_line(base: Path, tmp_path: Path) -> None:
         (["--model", str(tmp_path)], "not a pstyle checkpoint"),
         (["--format", "pruned", "--channels", "16"], "does not prune a decoder of width 16"),
     ):
-        proc = pstyle("export", "--model", str(base), "--out", str(out), *args, check=False)
-        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1
+        code, _, err = run_pstyle("export", "--model", base, "--out", out, *args)
+        assert code == 1 and message in err, err
+        assert len(err.strip().splitlines()) == 1
     assert not out.exists()
     (tmp_path / "taken").mkdir()
-    proc = pstyle("export", "--model", str(base), "--out", str(tmp_path / "taken"), check=False)
-    assert proc.returncode != 0 and "already exists" in proc.stderr
+    code, _, err = run_pstyle("export", "--model", base, "--out", tmp_path / "taken")
+    assert code != 0 and "already exists" in err
     assert "variant" not in json.loads((base / "meta.json").read_text())  # the source is untouched
 
 

@@ -4,13 +4,12 @@ harness and subject masks on hand-labelled photos."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from fixtures.cli import pstyle_ok
 
 from pstyle.data import eval_photos, photos
 from pstyle.data.augment import augment
@@ -58,19 +57,15 @@ def test_photo_eval_cli_writes_table_json_and_grid(tmp_path, trained_base):
         for i in range(n):
             save_image(torch.rand(3, 64, 80, generator=g), tmp_path / folder / f"{i}.png")
     out = tmp_path / "eval" / "photos.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pstyle", "eval", "--model", trained_base, "--content", tmp_path / "content",
-         "--styles", tmp_path / "styles", "--size", "48", "--out", out],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    stdout = pstyle_ok("eval", "--model", trained_base, "--content", tmp_path / "content",
+                       "--styles", tmp_path / "styles", "--size", "48", "--out", out)  # fmt: skip
     report = json.loads(out.read_text())
     assert set(report["methods"]) == {"identity", "reinhard", "base"}
     assert len(report["pairs"]["base"]) == 4  # every content in every style
     assert report["methods"]["identity"]["ssim"] == pytest.approx(1.0)
     assert report["methods"]["identity"]["content"] == pytest.approx(0.0, abs=1e-6)
     assert report["methods"]["reinhard"]["color"] < report["methods"]["identity"]["color"]
-    assert "reinhard" in proc.stdout and out.with_suffix(".png").stat().st_size > 0
+    assert "reinhard" in stdout and out.with_suffix(".png").stat().st_size > 0
 
 
 def test_labels_cover_both_splits_and_rasterise():

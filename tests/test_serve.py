@@ -6,7 +6,6 @@ import concurrent.futures
 import dataclasses
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -16,13 +15,13 @@ import ray
 import requests
 from fixtures.ab import HIGH, LOW
 from fixtures.ab import traffic as simulate
+from fixtures.cli import pstyle_ok
 from fixtures.serving import local_serve, random_base, write_adapter
 from fixtures.tiny import tiny_serve_config
 from PIL import Image
 from ray import serve
 
 from pstyle.adapters.io import TENSORS_FILE
-from pstyle.cli.main import main
 from pstyle.config import ExportConfig, LoopConfig, PersonalizeConfig
 from pstyle.distributed.feedback_loop import run_loop
 from pstyle.serving.api_keys import create_user
@@ -534,17 +533,8 @@ def test_new_user_zero_shot_then_personalization_on_request(deployment, content_
     assert len(manifest["users"]["carol"]["feedback"]) == 2
 
 
-def pstyle_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
-    """`pstyle ARGS` in this process (its Ray and store), failing the test on a non-zero exit."""
-    monkeypatch.setattr(sys, "argv", ["pstyle", *args])
-    try:
-        main()
-    except SystemExit as exc:
-        assert exc.code == 0, args
-
-
 def test_feedback_loop_retrains_and_ab_decide_promotes_or_rolls_back(
-    deployment, content_png, synth_dir: Path, monkeypatch: pytest.MonkeyPatch
+    deployment, content_png, synth_dir: Path
 ) -> None:
     """After the personalization test: carol's ratings retrain her adapter (the loop), an experiment
     opens, and `pstyle ab decide` acts on simulated ratings that favour, then disfavour, a candidate."""
@@ -576,7 +566,7 @@ def test_feedback_loop_retrains_and_ab_decide_promotes_or_rolls_back(
     cohort = [f"sim-{i}" for i in range(4)]
     simulate(store, {"production": LOW[:40], "candidate": HIGH[:40]}, cohort, name, exposures=40)
     decide_flags = ["--min-ratings", "30", "--planned-ratings", "40", "--min-exposures", "30"]
-    pstyle_cli(monkeypatch, "ab", "decide", "--store", str(store.root), *decide_flags)
+    pstyle_ok("ab", "decide", "--store", str(store.root), *decide_flags)
     assert ExperimentStore(store).get(name).decision == "promoted"
     assert registry.aliases("adapter", "carol")["production"] == candidate
 
@@ -586,9 +576,7 @@ def test_feedback_loop_retrains_and_ab_decide_promotes_or_rolls_back(
     variants = (Variant("production", "production"), Variant("candidate", "candidate"))
     ExperimentStore(store).create(Experiment("carol-worse", variants, users=("carol",)))
     simulate(store, {"production": HIGH[:40], "candidate": LOW[:40]}, cohort, "carol-worse", exposures=40)
-    pstyle_cli(
-        monkeypatch, "ab", "decide", "--store", str(store.root), "--experiment", "carol-worse", *decide_flags
-    )
+    pstyle_ok("ab", "decide", "--store", str(store.root), "--experiment", "carol-worse", *decide_flags)
     stopped = ExperimentStore(store).get("carol-worse")
     assert (stopped.status, stopped.decision) == ("stopped", "rolled_back") and stopped.reason
     aliases = registry.aliases("adapter", "carol")
