@@ -559,6 +559,9 @@ class ExportConfig(ConfigFile):
             )
 
 
+MAX_DEMO_USERS = 12  # the demo searches 2**demo_users experiment names for a fixed A/B split
+
+
 @dataclass
 class DemoPlan(ConfigFile):
     """How big each stage is: the full demo and the `--tiny` one the tests run."""
@@ -577,6 +580,13 @@ class DemoPlan(ConfigFile):
     candidate_steps: int = 80  # candidate adapters (the A/B treatment)
     requests: int = 6  # per user, before the experiment
     ab_requests: int = 16  # per cohort user, during the experiment: 2 users x 16 = 32 ratings per arm
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.demo_users <= min(self.n_users, MAX_DEMO_USERS):
+            raise ValueError(
+                f"demo_users must be from 2 to {MAX_DEMO_USERS} and at most n_users ({self.n_users}), "
+                f"got {self.demo_users}: the A/B test splits them between two arms"
+            )
 
     @classmethod
     def tiny(cls) -> DemoPlan:

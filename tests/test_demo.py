@@ -13,7 +13,7 @@ import pytest
 import requests
 from conftest import make_bucket
 
-from pstyle.demo.pipeline import MARKER, prepare_out
+from pstyle.demo.pipeline import MARKER, balanced_experiment, prepare_out
 from pstyle.images import load_image
 from pstyle.store import open_store
 from pstyle.store.registry import Registry
@@ -123,3 +123,16 @@ def test_demo_output_folder_is_only_cleared_when_the_demo_made_it(tmp_path: Path
     (ours / "old.json").write_text("{}")
     prepare_out(ours)  # a rerun starts afresh
     assert sorted(p.name for p in ours.iterdir()) == [MARKER]
+
+
+def test_ab_split_is_the_same_whatever_the_run_is_called():
+    """The experiment's name carries the run's timestamp; the split of the demo's users must not."""
+    from pstyle.serving.experiments import Experiment, assign
+
+    users = ["dots-001", "halftone-007", "mosaic-004", "plaid-006"]
+    splits = []
+    for run in ("demo-20261201-232953", "demo-20261202-001556"):
+        exp = Experiment.from_dict(balanced_experiment(users, run))
+        splits.append({u: assign(exp, u).name for u in users})
+    alternate = {u: ("production", "candidate")[i % 2] for i, u in enumerate(users)}
+    assert splits[0] == splits[1] == alternate

@@ -216,17 +216,17 @@ def adapter_stage(plan: DemoPlan, store: str, out: Path, run: str, log: Log) -> 
 
 def balanced_experiment(users: list[str], run: str) -> dict[str, Any]:
     """The A/B experiment (production vs candidate, all demo users). Assignment is a hash of the
-    experiment name and the user, so a handful of users can split 4:0; take the first name suffix
-    that splits them evenly (arm sizes differ by at most one)."""
-    from collections import Counter
-
+    experiment name and the user, and the name carries the run's timestamp, so with a handful of
+    users each run would split them differently (even 4:0) and reach a different verdict. Take the
+    first name suffix whose assignment alternates over the sorted users (production, candidate,
+    production, ...): the same even split every run."""
     from pstyle.serving.experiments import Experiment, assign, production_vs_candidate
 
     variants = production_vs_candidate()
-    for attempt in range(1000):
+    wanted = [variants[i % 2].name for i in range(len(users))]
+    for attempt in range(64 << len(users)):  # each name matches with probability 2**-len(users)
         exp = Experiment(f"{run}-ab{attempt}", variants, users=tuple(users))
-        sizes = Counter(assign(exp, u).name for u in users)
-        if len(sizes) == 2 and max(sizes.values()) - min(sizes.values()) <= 1:
+        if [assign(exp, u).name for u in sorted(users)] == wanted:
             data = exp.to_dict()
             data.pop("created")
             return data
