@@ -75,8 +75,8 @@ def inject_adapter(
 
     The new adapter is an exact no-op (zero up weights); its style code starts as `style_code`
     (the style encoder's code for the user's images) or zeros. `rng` draws the down weights' initial
-    values (default: the global RNG). As in PEFT, every parameter that is
-    not an adapter's is frozen: adapter training never computes gradients for the shared base.
+    values (default: the global RNG). As in PEFT, every parameter that is not an adapter's is
+    frozen: adapter training never computes gradients for the shared base.
     """
     if not name or "." in name or hasattr(nn.ModuleDict, name) or hasattr(nn.ParameterDict, name):
         raise AdapterError(f"adapter name {name!r} cannot be a module key (empty, dotted or reserved)")

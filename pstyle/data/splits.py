@@ -13,7 +13,7 @@ from torch import Tensor
 def user_generator(user_id: str, seed: int = 0, stream: str = "") -> torch.Generator:
     """A CPU generator keyed by (seed, stream, user id) alone, so what is drawn for a user does not
     depend on which other users exist, the order they train in, or what the process drew before.
-    Each `stream` (a purpose, such as "train") gets its own independent sequence."""
+    Each `stream` (a purpose, such as "personalize") gets its own sequence."""
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32((stream + user_id).encode()))
 
 
