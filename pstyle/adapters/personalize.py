@@ -398,15 +398,12 @@ class GroupPersonalizer:
         label = users[0] if len(users) == 1 else f"{len(users)} users"
         bar = tqdm(range(1, cfg.steps + 1), desc=f"personalize {label}", disable=not progress)
         for step in bar:
-            picks = [torch.randint(len(content), (cfg.batch_size,), generator=self.rngs[u]) for u in active]
-            batch = content[torch.cat(picks)]
+            picks, noises = [], []
+            for u in active:
+                picks.append(torch.randint(len(content), (cfg.batch_size,), generator=self.rngs[u]))
+                noises.append(self.generator.make_noise(content[picks[-1]], rng=self.rngs[u]))
+            batch, noise = content[torch.cat(picks)], torch.cat(noises)
             base_ssim = torch.cat([zero_shot_ssim[u][i] for u, i in zip(active, picks, strict=True)])
-            noise = torch.cat(
-                [
-                    self.generator.make_noise(content[i], rng=self.rngs[u])
-                    for u, i in zip(active, picks, strict=True)
-                ]
-            )
             codes = torch.cat([self.codes[u].expand(cfg.batch_size, -1) for u in active])
             with torch.no_grad():
                 base_out = self._render(batch, codes.detach(), noise, None)
