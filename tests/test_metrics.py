@@ -10,6 +10,8 @@ from pstyle.quality.metrics import (
     luminance,
     pyr_up,
     ssim,
+    style_distance,
+    style_set_distance,
     swd,
 )
 
@@ -174,3 +176,17 @@ def test_code_consistency():
     assert abs(code_consistency(-c, c) + 1) < 1e-6
     e = torch.eye(4)
     assert abs(code_consistency(e, e.roll(1, dims=1))) < 1e-6
+
+
+# ----------------------------------------------------------------------------- style statistics
+
+
+def test_style_set_distance_is_style_distance_for_a_set_of_one_and_zero_for_itself():
+    one, family = blobs(1, seed=3), blobs(4, seed=4)
+    assert style_set_distance(one, family) == style_distance(one, family).item()
+    assert style_set_distance(family, family) == 0.0
+
+
+def test_style_set_distance_is_smaller_within_a_texture_family():
+    train, held = blobs(4, seed=5), blobs(2, seed=6)
+    assert style_set_distance(train, held) < 0.5 * style_set_distance(stripes(4, seed=5), held)

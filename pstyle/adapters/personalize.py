@@ -287,7 +287,8 @@ class GroupPersonalizer:
         """Per user: held-out/train split, loss targets, random generator, and an adapter starting at
         the encoder's code."""
         cfg = self.cfg
-        self.held, self.targets, self.base_codes, self.codes, self.weights = {}, {}, {}, {}, {}
+        self.train, self.held, self.targets = {}, {}, {}
+        self.base_codes, self.codes, self.weights = {}, {}, {}
         self.rngs = {user: user_generator(user, cfg.seed, stream="personalize") for user in self.user_ids}
         for user in self.user_ids:
             images = styles[user]
@@ -296,6 +297,7 @@ class GroupPersonalizer:
                     f"user {user}: needs more than {cfg.holdout} valid style images, has {len(images)}"
                 )
             train, self.held[user] = holdout_split(images, user, cfg.holdout, cfg.seed)
+            self.train[user] = train
             fb = (feedback or {}).get(user)
             with torch.no_grad():
                 self.base_codes[user] = self.base.encoder(train)[0]

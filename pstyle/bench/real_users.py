@@ -4,8 +4,10 @@ Four users (`pstyle.data.photos.real_style_users`: tiles of an illustration, a m
 photographs), each trained alone with the default `PersonalizeConfig` on content that mixes shipped
 photo crops and procedural scenes. Reported per user: held-out feature-statistics style distance
 and content SSIM of the base's zero-shot code vs the rank-8 adapter, on a content batch that early
-stopping never saw. `grid` writes what those numbers describe: per user, a held-out style image,
-then fresh photo crops as content | base | adapter.
+stopping never saw; and the room there was, the held-out distance an output would score if it
+rendered the user's training images' statistics exactly (`style_set_distance`). `grid` writes what
+those numbers describe: per user, a held-out style image, then fresh photo crops as content | base |
+adapter.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pstyle.bench.common import machine_description
 from pstyle.config import PersonalizeConfig, PStyleConfig
 from pstyle.data.photos import photo_crops, real_style_users
 from pstyle.data.synth import scene_tensors
+from pstyle.quality.metrics import style_set_distance
 from pstyle.training.checkpoint import load_checkpoint
 
 GRID_PHOTOS = 3  # content photos per user in the grid
@@ -51,6 +54,7 @@ def bench_real_users(
             "style_base": before["style"],
             "style_adapter": after["style"],
             "style_change": after["style"] / before["style"] - 1,
+            "style_bound": style_set_distance(personalizer.train[user], personalizer.held[user]),
             "ssim_base": before["ssim"],
             "ssim_adapter": after["ssim"],
             "best_step": result["best_step"],
@@ -64,12 +68,14 @@ def bench_real_users(
 
 def real_users_table(result: dict) -> str:
     lines = [
-        f"{'user':<20}{'style base':>11}{'adapter':>9}{'change':>9}{'SSIM base':>11}{'adapter':>9}{'best':>6}"
+        f"{'user':<20}{'style base':>11}{'adapter':>9}{'change':>9}{'bound':>9}"
+        f"{'SSIM base':>11}{'adapter':>9}{'best':>6}"
     ]
     for r in result["rows"]:
         change = f"{100 * r['style_change']:.1f}%"
+        bound = f"{100 * (r['style_bound'] / r['style_base'] - 1):.0f}%"
         lines.append(
-            f"{r['user']:<20}{r['style_base']:>11.3f}{r['style_adapter']:>9.3f}{change:>9}"
+            f"{r['user']:<20}{r['style_base']:>11.3f}{r['style_adapter']:>9.3f}{change:>9}{bound:>9}"
             f"{r['ssim_base']:>11.3f}{r['ssim_adapter']:>9.3f}{r['best_step']:>6}"
         )
     return "\n".join(lines)

@@ -5,7 +5,8 @@ that ships as a package, so every number is reproducible offline.
   outputs' local texture statistics are to the target style's.
 - `ssim`: structural similarity on luminance, how much content structure the output keeps.
 - `content_distance`: LPIPS-like distance on pretrained features (SSIM alone rewards blur).
-- `style_distance`: pretrained feature mean/std distance to the style set (AdaIN's style measure).
+- `style_distance`: pretrained feature mean/std distance to the style set (AdaIN's style measure);
+  `style_set_distance` the same between two sets.
 - `color_distance`: sliced Wasserstein distance between Lab colour distributions.
 - `diversity`, `code_consistency`: does noise change the output, and does the output carry the style code.
 """
@@ -176,7 +177,6 @@ def code_consistency(codes_out: Tensor, codes_target: Tensor) -> float:
     return F.cosine_similarity(codes_out.float(), codes_target.float(), dim=1).mean().item()
 
 
-@torch.no_grad()
 # ----------------------------------------------------------------------------- perceptual metrics
 
 
@@ -204,6 +204,17 @@ def content_distance(outputs: Tensor, content: Tensor) -> Tensor:
     return total / len(taps)
 
 
+def _pooled_stats(feats: Tensor) -> tuple[Tensor, Tensor]:
+    """(K,C,H,W) -> channel mean and std (C,) over every pixel of every image: a set as one distribution."""
+    mean = feats.mean(dim=(0, 2, 3))
+    return mean, (feats - mean[None, :, None, None]).square().mean(dim=(0, 2, 3)).sqrt()
+
+
+def _stats_gap(mean_a: Tensor, std_a: Tensor, mean_b: Tensor, std_b: Tensor) -> Tensor:
+    """RMS difference of channel means plus that of channel standard deviations (over the last dim)."""
+    return (mean_a - mean_b).square().mean(dim=-1).sqrt() + (std_a - std_b).square().mean(dim=-1).sqrt()
+
+
 @torch.no_grad()
 def style_distance(outputs: Tensor, styles: Tensor) -> Tensor:
     """Per image (B,): distance of each output's pretrained feature mean/std to the style set's.
@@ -214,15 +225,22 @@ def style_distance(outputs: Tensor, styles: Tensor) -> Tensor:
     total = outputs.new_zeros(len(outputs), dtype=torch.float32)
     feats_o, feats_s = _features(outputs), _features(styles)
     for fo, fs in zip(feats_o, feats_s, strict=True):
-        mean_s = fs.mean(dim=(0, 2, 3))
-        std_s = (fs - mean_s[None, :, None, None]).square().mean(dim=(0, 2, 3)).sqrt()
         mean_o, std_o = fo.mean(dim=(2, 3)), fo.std(dim=(2, 3), correction=0)
-        total = (
-            total
-            + (mean_o - mean_s).square().mean(dim=1).sqrt()
-            + (std_o - std_s).square().mean(dim=1).sqrt()
-        )
+        total = total + _stats_gap(mean_o, std_o, *_pooled_stats(fs))
     return total / len(feats_o)
+
+
+@torch.no_grad()
+def style_set_distance(images: Tensor, styles: Tensor) -> float:
+    """`style_distance` of an output whose statistics were exactly those of the set `images`.
+
+    With a user's training style images as `images` and their held-out ones as `styles`, this is
+    what perfectly rendering the training statistics would score on the held-out set: how much
+    room a personalization has, whatever its method.
+    """
+    pairs = zip(_features(images), _features(styles), strict=True)
+    gaps = [_stats_gap(*_pooled_stats(fi), *_pooled_stats(fs)) for fi, fs in pairs]
+    return (sum(gaps) / len(gaps)).item()
 
 
 @torch.no_grad()
