@@ -17,7 +17,13 @@ from pstyle.config import ExportConfig, ModelConfig
 from pstyle.models import Generator
 from pstyle.models.encoder import CODE_DIM
 from pstyle.models.prune import channel_importance, pruned_generator
-from pstyle.models.quantize import CALIBRATION_FILE, Int8Conv2d, QuantizationError, calibrate_int8
+from pstyle.models.quantize import (
+    CALIBRATION_FILE,
+    Int8Conv2d,
+    QuantizationError,
+    calibrate_int8,
+    int8_layers,
+)
 from pstyle.models.variants import ONNX_FILE, apply_variant, variant_format
 from pstyle.store import LocalStore
 from pstyle.store.registry import Registry
@@ -71,6 +77,39 @@ def test_int8_generator_is_close_to_fp32_and_keeps_the_checkpoint_identity() -> 
     assert (copy.deepcopy(q)(content, code, noise) - q(content, code, noise)).abs().max() == 0
 
 
+def _exact_int8_conv(layer: Int8Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """What `layer` computes in exact integer arithmetic: its quantized input and per-channel int8
+    weight convolved in float (no intermediate rounding or saturation), requantized to its output."""
+    weight, bias = layer.folded(layer.weight, layer.bias)
+    scales = (weight.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12).view(-1, 1, 1, 1)
+    weight = (weight / scales).round().clamp(-128, 127) * scales
+    (s_in, z_in), (s_out, z_out) = layer._input_q, layer._output_q
+    x = ((x / s_in).round() + z_in).clamp(0, 255).sub(z_in) * s_in
+    y = torch.nn.functional.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return ((y / s_out).round() + z_out).clamp(0, 255).sub(z_out) * s_out
+
+
+@torch.no_grad()
+def test_int8_convolutions_compute_exact_integer_results_on_this_cpu() -> None:
+    """No int16 saturation: on x86 CPUs without VNNI, 8-bit inputs overflowed the kernels' pair sums
+    (the stem was off by up to 6.0), so int8 outputs differed between CPUs."""
+    g = styled_generator()
+    q = calibrate_int8(copy.deepcopy(g), batches())
+    worst: dict[str, float] = {}
+
+    def compare(layer: torch.nn.Module, inputs: tuple[torch.Tensor], out: torch.Tensor) -> None:
+        steps = (_exact_int8_conv(layer, inputs[0]) - out).abs().max() / layer._output_q[0]
+        worst[layer.label] = steps.item()
+
+    for name, layer in int8_layers(q).items():
+        layer.label = name
+        layer.register_forward_hook(compare)
+    content, code = batches(1)[0]
+    q(content, code, g.make_noise(content, seed=0))
+    assert len(worst) == len(int8_layers(q))
+    assert max(worst.values()) <= 1.01, sorted(worst.items(), key=lambda kv: -kv[1])[:3]  # rounding only
+
+
 @torch.no_grad()
 def test_int8_base_applies_a_users_adapter_per_sample_and_merged(base: Path, tmp_path: Path) -> None:
     adapter = write_adapter(base, "alice", 0, tmp_path / "alice")
@@ -86,10 +125,14 @@ def test_int8_base_applies_a_users_adapter_per_sample_and_merged(base: Path, tmp
         set_active_adapter(generator, "alice")
         outputs[name] = generator(content, code, noise)
     assert (outputs["int8"] - plain).abs().mean() > 0.01  # the adapter changed the int8 output
-    assert (outputs["int8"] - outputs["fp32"]).abs().mean() < 0.01  # ...as it changes fp32's
+    per_sample_error = (outputs["int8"] - outputs["fp32"]).abs().mean()
+    assert per_sample_error < 0.01  # ...as it changes fp32's
     merge_adapter(int8, "alice")  # the int8 weights are re-quantized from the merged float weights
     merged = int8(content, code, noise)
-    assert (merged - plain).abs().mean() > 0.01 and (merged - outputs["fp32"]).abs().mean() < 0.01
+    # merging quantizes the adapted weights against the base's calibrated ranges: about as close to
+    # fp32 as the float deltas (on the bundled base's trained adapters the two differ by 2 %)
+    merged_error = (merged - outputs["fp32"]).abs().mean()
+    assert (merged - plain).abs().mean() > 0.01 and merged_error < 2 * per_sample_error
     unmerge_adapter(int8)
     set_active_adapter(int8, None)
     assert (int8(content, code, noise) - plain).abs().max() < 0.01
