@@ -19,6 +19,7 @@ from pstyle.models.encoder import CODE_DIM
 from pstyle.models.prune import channel_importance, pruned_generator
 from pstyle.models.quantize import (
     CALIBRATION_FILE,
+    WEIGHT_LEVELS,
     Int8Conv2d,
     QuantizationError,
     calibrate_int8,
@@ -81,7 +82,7 @@ def _exact_int8_conv(layer: Int8Conv2d, x: torch.Tensor) -> torch.Tensor:
     """What `layer` computes in exact integer arithmetic: its quantized input and per-channel int8
     weight convolved in float (no intermediate rounding or saturation), requantized to its output."""
     weight, bias = layer.folded(layer.weight, layer.bias)
-    scales = (weight.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12).view(-1, 1, 1, 1)
+    scales = (weight.abs().amax(dim=(1, 2, 3)) / WEIGHT_LEVELS).clamp_min(1e-12).view(-1, 1, 1, 1)
     weight = (weight / scales).round().clamp(-128, 127) * scales
     (s_in, z_in), (s_out, z_out) = layer._input_q, layer._output_q
     x = ((x / s_in).round() + z_in).clamp(0, 255).sub(z_in) * s_in
@@ -91,7 +92,7 @@ def _exact_int8_conv(layer: Int8Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def test_int8_convolutions_compute_exact_integer_results_on_this_cpu() -> None:
-    """No int16 saturation: on x86 CPUs without VNNI, 8-bit inputs overflowed the kernels' pair sums
+    """No int16 saturation: on x86 CPUs without VNNI, 8-bit weights overflowed the kernels' pair sums
     (the stem was off by up to 6.0), so int8 outputs differed between CPUs."""
     g = styled_generator()
     q = calibrate_int8(copy.deepcopy(g), batches())

@@ -29,12 +29,13 @@ from torch import Tensor, nn
 from pstyle.store.atomic import atomic_write
 
 CALIBRATION_FILE = "int8.safetensors"  # per-layer activation ranges, next to the checkpoint's weights
-# A convolution's uint8 input uses 7 bits. x86 int8 kernels on CPUs without VNNI multiply u8 x s8 and
-# add pairs in int16 (vpmaddubsw), which saturates for 8-bit inputs: measured on an AVX2-only CPU, the
-# stem's output was off by up to 6.0 at 1.5 % of its pixels. With 7 bits no pair can saturate, so the
-# int8 result is the same on every x86 CPU (PyTorch's x86 qconfig reduces the range for this reason).
-# Outputs keep 8 bits: the folded ReLU6 is the output's saturation at the top of its range.
-INPUT_LEVELS, OUTPUT_LEVELS = 127, 255
+# Weights use 7 bits (-63..63). x86 int8 kernels on CPUs without VNNI multiply u8 inputs by s8
+# weights and add pairs in int16 (vpmaddubsw), which saturates once 2 * 255 * |w| > 32767: measured on
+# an AVX2-only CPU with 8-bit weights, the stem's output was off by up to 6.0 at 1.5 % of its pixels.
+# At 63 no pair can saturate, so every x86 CPU computes the exact integer result. Per-channel weight
+# scales lose less to the dropped bit than the per-tensor inputs would (docs/benchmarks.md, "Serving
+# variants"). Inputs and outputs keep 8 bits; the folded ReLU6 is the output's saturation at 255.
+WEIGHT_LEVELS = 63
 
 
 class QuantizationError(ValueError):
@@ -95,8 +96,7 @@ class Int8Conv2d(nn.Conv2d):
     def finish_calibration(self) -> None:
         """Fix the recorded ranges as uint8 (scale, zero point) pairs and run in int8 from now on."""
         lo_in, hi_in, lo_out, hi_out = self.ranges.tolist()
-        self._input_q = affine_params(lo_in, hi_in, INPUT_LEVELS)
-        self._output_q = affine_params(lo_out, hi_out, OUTPUT_LEVELS)
+        self._input_q, self._output_q = affine_params(lo_in, hi_in), affine_params(lo_out, hi_out)
         self.calibrating = False
 
     @torch.no_grad()
@@ -114,10 +114,10 @@ class Int8Conv2d(nn.Conv2d):
 
     @torch.no_grad()
     def _pack(self, weight: Tensor, bias: Tensor | None) -> object:
-        """Folded, per-output-channel symmetric int8 weight, prepacked for the x86 kernel."""
+        """Folded, per-output-channel symmetric weight in -63..63, prepacked for the x86 kernel."""
         weight, bias = self.folded(weight, bias)
         w = weight.detach().float().cpu()
-        scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12).double()
+        scales = (w.abs().amax(dim=(1, 2, 3)) / WEIGHT_LEVELS).clamp_min(1e-12).double()
         qw = torch.quantize_per_channel(w, scales, torch.zeros(len(w), dtype=torch.long), 0, torch.qint8)
         bias = None if bias is None else bias.detach().float().cpu()
         return torch.ops.quantized.conv2d_prepack(
@@ -154,11 +154,10 @@ def _foldable(norm: nn.Module) -> bool:
     )
 
 
-def affine_params(lo: float, hi: float, levels: int) -> tuple[float, int]:
-    """uint8 scale and zero point covering [lo, hi] (a range that always includes 0, as observed) with
-    codes 0..levels."""
-    scale = max((hi - lo) / levels, 1e-8)
-    return scale, int(min(levels, max(0, round(-lo / scale))))
+def affine_params(lo: float, hi: float) -> tuple[float, int]:
+    """uint8 scale and zero point covering [lo, hi] (a range that always includes 0, as observed)."""
+    scale = max((hi - lo) / 255.0, 1e-8)
+    return scale, int(min(255, max(0, round(-lo / scale))))
 
 
 def int8_layers(module: nn.Module) -> dict[str, Int8Conv2d]:
