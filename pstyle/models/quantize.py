@@ -1,7 +1,8 @@
 """The int8 generator for CPU serving: every convolution runs as an x86 int8 kernel, the rest in float.
 
-Weights are quantized per output channel (symmetric int8) when a layer first runs, activations per
-tensor (affine uint8) with ranges calibrated on real photographs and procedural scenes. The float
+Weights are quantized per output channel (symmetric int8, 7 bits used: `WEIGHT_LEVELS`) when a layer
+first runs, activations per tensor (affine uint8) with ranges calibrated on real photographs and
+procedural scenes. The float
 weights stay in the module: the checkpoint, its fingerprint and therefore every user's adapter are
 the same as the fp32 base's, and a LoRA wrapper around an `Int8Conv2d` adds its delta in float on
 top of the int8 base output. A weight changed in place (an adapter merged into the base) is
