@@ -2,11 +2,11 @@
 
 Weights are quantized per output channel (symmetric int8, 7 bits used: `WEIGHT_LEVELS`) when a layer
 first runs, activations per tensor (affine uint8) with ranges calibrated on real photographs and
-procedural scenes. The float
-weights stay in the module: the checkpoint, its fingerprint and therefore every user's adapter are
-the same as the fp32 base's, and a LoRA wrapper around an `Int8Conv2d` adds its delta in float on
-top of the int8 base output. A weight changed in place (an adapter merged into the base) is
-re-quantized before the next forward, so merge-then-quantize needs no extra step.
+procedural scenes. The float weights stay in the module: the checkpoint, its fingerprint and
+therefore every user's adapter are the same as the fp32 base's, and a LoRA wrapper around an
+`Int8Conv2d` adds its delta in float on top of the int8 base output. A weight changed in place (an
+adapter merged into the base) is re-quantized before the next forward, so merge-then-quantize needs
+no extra step.
 
 Why eager quantized kernels rather than PT2E + Inductor (torch 2.13's recommended flow, in torchao):
 PT2E only reaches int8 kernels through `torch.compile` with frozen weights. Frozen weights are
