@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -98,13 +99,12 @@ def test_int8_convolutions_compute_exact_integer_results_on_this_cpu() -> None:
     q = calibrate_int8(copy.deepcopy(g), batches())
     worst: dict[str, float] = {}
 
-    def compare(layer: torch.nn.Module, inputs: tuple[torch.Tensor], out: torch.Tensor) -> None:
+    def compare(name: str, layer: Int8Conv2d, inputs: tuple[torch.Tensor], out: torch.Tensor) -> None:
         steps = (_exact_int8_conv(layer, inputs[0]) - out).abs().max() / layer._output_q[0]
-        worst[layer.label] = steps.item()
+        worst[name] = steps.item()
 
     for name, layer in int8_layers(q).items():
-        layer.label = name
-        layer.register_forward_hook(compare)
+        layer.register_forward_hook(functools.partial(compare, name))
     content, code = batches(1)[0]
     q(content, code, g.make_noise(content, seed=0))
     assert len(worst) == len(int8_layers(q))
