@@ -1,4 +1,4 @@
-"""`pstyle demo --tiny` end to end (a real local Ray: Tune, Train, Serve over HTTP), on both stores."""
+"""`pstyle demo --tiny` end to end (a real local Ray: Tune, Train, Serve over HTTP) on an S3 store."""
 
 from __future__ import annotations
 
@@ -19,13 +19,6 @@ from pstyle.store import open_store
 from pstyle.store.registry import Registry
 
 STAGES = ["data", "tune", "train", "adapters", "serve", "report"]
-
-
-@pytest.fixture(params=["local", "s3"])
-def demo_store(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
-    if request.param == "local":
-        return None  # the default: a folder inside --out
-    return f"s3://{make_bucket(request.getfixturevalue('s3_env'))}/demo"
 
 
 def keep_serving_then_interrupt(cmd: list[str]) -> tuple[int, str]:
@@ -54,22 +47,21 @@ def keep_serving_then_interrupt(cmd: list[str]) -> tuple[int, str]:
     return proc.returncode, output + rest
 
 
-def test_tiny_demo_runs_every_stage_and_writes_the_report(demo_store: str | None, tmp_path: Path):
-    """On the local store the demo also keeps serving after the report, until interrupted."""
+def test_tiny_demo_runs_every_stage_and_writes_the_report(s3_env: str, tmp_path: Path):
+    """On S3, as on a cluster (the local store is the rest of the suite's); the demo then keeps
+    serving after the report, until interrupted."""
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "pstyle", "demo", "--tiny", "--out", str(out)]
-    if demo_store:
-        proc = subprocess.run([*cmd, "--store", demo_store], capture_output=True, text=True)
-        code, stdout = proc.returncode, proc.stdout + proc.stderr[-3000:]
-    else:
-        code, stdout = keep_serving_then_interrupt(cmd)
-        assert "stopping the app" in stdout
+    demo_store = f"s3://{make_bucket(s3_env)}/demo"
+    code, stdout = keep_serving_then_interrupt(
+        [sys.executable, "-m", "pstyle", "demo", "--tiny", "--out", str(out), "--store", demo_store]
+    )
+    assert "stopping the app" in stdout
     assert code == 0, stdout[-6000:]
     assert re.search(r"stage times: data [\d.]+s, tune .* report [\d.]+s", stdout)
 
     state = json.loads((out / "demo.json").read_text())
     assert list(state["timings"]) == STAGES and all(t > 0 for t in state["timings"].values())
-    store = open_store(demo_store or str(out / "store"))
+    store = open_store(demo_store)
     registry = Registry(store)
     assert registry.aliases("base", "base")["production"] == state["base"]["version"]
     users = sorted(state["adapters"]["production"])

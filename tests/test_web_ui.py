@@ -21,7 +21,7 @@ from fixtures.ab import HIGH, LOW, traffic
 from fixtures.serving import local_serve, write_adapter
 from fixtures.tiny import tiny_serve_config
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from pstyle.data.photos import photo_paths
 from pstyle.serving.api_keys import create_user
@@ -267,6 +267,39 @@ def test_bad_uploads_show_the_api_message_then_a_good_one_works(site: dict, page
     page.get_by_role("button", name="Stylize", exact=True).click()
     expect(page.locator("#result-meta")).to_contain_text("Result:")
     expect(page.locator("#stylize-error")).to_have_text("")
+
+
+def test_a_stylize_call_the_front_lost_is_sent_once_more_and_a_serve_error_is_shown(
+    site: dict, page: Page
+) -> None:
+    """HAProxy's own 500 page (no x-request-id) answers a call that was inside a dying Ingress
+    replica; stylize is idempotent, so the page sends it once more. A 500 that Serve wrote is shown."""
+    sign_in(page, site["url"], site["keys"]["mia"])
+    expect(page.locator("#who-user")).to_have_text("mia")
+    page.get_by_label("Photo to stylize").set_input_files(str(photo(site["root"])))
+    answers = [
+        {"status": 500, "content_type": "text/plain", "body": "Internal Server Error"},  # HAProxy's page
+        None,  # the real app
+        {"status": 500, "json": {"error": "adapter blob is corrupt"}, "headers": {"x-request-id": "r1"}},
+    ]
+    seen = []
+
+    def answer(route: Route) -> None:
+        seen.append(route.request.method)
+        reply = answers[len(seen) - 1]
+        if reply is None:
+            route.continue_()
+        else:
+            route.fulfill(**reply)
+
+    page.route("**/v1/stylize", answer)
+    page.get_by_role("button", name="Stylize", exact=True).click()
+    expect(page.locator("#result-meta")).to_contain_text("Result:")
+    expect(page.locator("#stylize-error")).to_have_text("")
+    assert seen == ["POST", "POST"]
+    page.get_by_role("button", name="Stylize", exact=True).click()
+    expect(page.locator("#stylize-error")).to_have_text("adapter blob is corrupt")
+    assert len(seen) == 3
 
 
 def test_operator_sees_the_experiment_and_promote_moves_the_alias(

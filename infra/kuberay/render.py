@@ -112,8 +112,9 @@ def serve_config() -> dict:
 
 
 def ray_service() -> dict:
-    """The Serve app behind Serve's HAProxy ingress on every pod (`HAPROXY_INGRESS_ENV`: a request
-    inside a dying Ingress replica is retried, never answered 500)."""
+    """The Serve app behind Serve's HAProxy ingress on every pod (`HAPROXY_INGRESS_ENV`: calls are
+    held while an Ingress replica is replaced, and one inside the dying replica is replayed when
+    HAProxy can; serve/README.md says when it cannot)."""
     spec = cluster_spec()
     spec["headGroupSpec"]["rayStartParams"] = {"num-cpus": "2", "dashboard-host": "0.0.0.0"}
     haproxy = [{"name": name, "value": value} for name, value in HAPROXY_INGRESS_ENV.items()]

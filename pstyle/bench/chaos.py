@@ -60,12 +60,31 @@ class Target:
     image: bytes
 
 
+UNTIMED_503 = -503  # a 503 that does not say when to retry
+FRONT_500 = -500  # a 500 that Serve never wrote: the proxy in front answered for a call it lost
+
+
 @dataclass
 class Call:
     user: str
-    status: int  # 0: no HTTP answer (connection error or timeout)
+    status: int  # 0: no HTTP answer (connection error or timeout); else an HTTP status or one above
     seconds: float
     at: float  # monotonic time it finished
+
+    @property
+    def started(self) -> float:
+        return self.at - self.seconds
+
+
+def _status(response: requests.Response) -> int:
+    """The HTTP status, with two kinds counted apart. Serve stamps `x-request-id` on every answer it
+    writes, the app's own 500s included; HAProxy's error page (a 502/503/504 it normalizes to 500)
+    has none."""
+    if response.status_code == 503 and "Retry-After" not in response.headers:
+        return UNTIMED_503
+    if response.status_code == 500 and "x-request-id" not in response.headers:
+        return FRONT_500
+    return response.status_code
 
 
 def stylize(session: requests.Session, target: Target, user: str) -> tuple[Call, str | None]:
@@ -78,9 +97,7 @@ def stylize(session: requests.Session, target: Target, user: str) -> tuple[Call,
             headers={"Authorization": f"Bearer {target.keys[user]}"},
             timeout=60,
         )
-        status, image_id = r.status_code, r.headers.get("X-Image-Id")
-        if status == 503 and "Retry-After" not in r.headers:
-            status = -503  # a 503 that does not say when to retry: counted apart
+        status, image_id = _status(r), r.headers.get("X-Image-Id")
     except requests.RequestException:
         status, image_id = 0, None
     now = time.monotonic()
@@ -90,12 +107,12 @@ def stylize(session: requests.Session, target: Target, user: str) -> tuple[Call,
 def rate(session: requests.Session, target: Target, user: str, image_id: str) -> Call:
     t0 = time.monotonic()
     try:
-        status = session.post(
+        status = _status(session.post(
             f"{target.url}/v1/feedback",
             json={"image_id": image_id, "rating": 4},
             headers={"Authorization": f"Bearer {target.keys[user]}"},
             timeout=60,
-        ).status_code
+        ))  # fmt: skip
     except requests.RequestException:
         status = 0
     now = time.monotonic()
@@ -219,41 +236,55 @@ def s3_slow(target: Target, warm: list[str], delay_s: float, phase_s: float) -> 
     }
 
 
-def kill_ingress(app: str = APP) -> None:
+def kill_ingress(app: str = APP, timeout_s: float = 60.0) -> None:
     """Kill the app's (one) Ingress replica outright, as a crashed process: `ray.kill` ends its worker
-    process with no shutdown hook run, so nothing it buffered is flushed."""
+    process with no shutdown hook run, so nothing it buffered is flushed. `ray.kill` only asks; this
+    returns once Ray reports the actor dead, as the replica may answer calls until then."""
     import ray
 
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
              if a["name"].startswith(f"SERVE_REPLICA::{app}#Ingress")]  # fmt: skip
     if len(names) != 1:
         raise RuntimeError(f"expected one Ingress replica, found {names}")
-    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    replica = ray.get_actor(names[0], namespace="serve")
+    ray.kill(replica, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(replica.__ray_ready__.remote(), timeout=timeout_s)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{names[0]} still alive {timeout_s:g} s after ray.kill")
 
 
 def ingress_killed(target: Target, warm: list[str], flush_s: float, lead_s: float = 3.0,
                    timeout_s: float = 60.0, front: str = "Serve's proxy") -> dict[str, Any]:  # fmt: skip
-    """Kill the only Ingress replica under load: what clients saw until a replacement answered, and
-    how many acknowledged ratings never reached the store (at risk: those of the last `flush_s`)."""
+    """Kill the only Ingress replica under load: what clients saw from the kill until a replacement
+    answered, and how many acknowledged ratings never reached the store (at risk: those of the last
+    `flush_s` before it died). Recovery counts from its death, not from the request to kill it."""
     with Load(target, warm) as load:
         time.sleep(lead_s)
+        asked = time.monotonic()
         kill_ingress()
         killed = time.monotonic()
         recovered = None
         while recovered is None and time.monotonic() - killed < timeout_s:
             time.sleep(0.2)
             with load._lock:
-                after = [c for c in load.calls if c.status == 200 and c.at - c.seconds > killed]
+                after = [c for c in load.calls if c.status == 200 and c.started > killed]
             if after:
                 recovered = min(c.at for c in after) - killed
         time.sleep(1.0)
-    after_kill = [c for c in load.calls if c.at > killed]
+    after_kill = [c for c in load.calls if c.at > asked]
+    settled = [c for c in after_kill if recovered is not None and c.started > killed + recovered]
     acked_before = [i for i, at in load.acknowledged_at if at <= killed]
-    at_risk = [i for i, at in load.acknowledged_at if killed - flush_s <= at <= killed]
+    at_risk = [i for i, at in load.acknowledged_at if asked - flush_s <= at <= killed]
     missing = missing_ratings(target.store, load.acknowledged, 2 * flush_s + 5)
     return {
         "fault": f"Ingress replica killed ({front})",
         "statuses": dict(Counter(c.status for c in after_kill)),
+        "failed_after_recovery": sum(c.status != 200 for c in settled),
         "p99_ms": p99_ms([c for c in load.calls if c.status == 200]),
         "recovery_s": recovered,
         "ratings_acknowledged_before_kill": len(acked_before),
@@ -279,8 +310,13 @@ def chaos_app(s3_url: str, bucket: str, workdir: Path, users: int = 4, haproxy: 
     )  # fmt: skip
     try:
         # HAProxy's manager actor can take over Serve's 5 s readiness limit to start on a busy 2-core
-        # machine; Serve then kills it and the start fails.
-        front = {**HAPROXY_INGRESS_ENV, "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"} if haproxy else {}
+        # machine; Serve then kills it and the start fails. A replica behind HAProxy drains 30 s at
+        # shutdown so load balancers in front notice; on loopback there are none.
+        front = {
+            **HAPROXY_INGRESS_ENV,
+            "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        } if haproxy else {}  # fmt: skip
         with environment({"AWS_ENDPOINT_URL": proxy.url, **front}), loopback_serve() as (_, _, url):
             deploy(config, concurrency=8)
             yield Target(url, keys, proxy, store, noise_jpeg(96, seed=0))
@@ -321,12 +357,19 @@ def warm_up(target: Target) -> list[str]:
     return [*warm, cold]
 
 
+STATUS_NAMES = {0: "conn-error", UNTIMED_503: "503-untimed", FRONT_500: "front-500"}
+
+
+def _statuses(counts: dict[int, int]) -> str:
+    return " ".join(f"{STATUS_NAMES.get(k, k)}:{v}" for k, v in sorted(counts.items()))
+
+
 def chaos_table(result: dict[str, Any]) -> str:
     lines = [f"{'fault':<40}{'statuses':<34}{'p99 ms':>9}{'recovery s':>12}{'lost':>6}"]
     for row in result["rows"]:
-        statuses = " ".join(f"{k}:{v}" for k, v in sorted(row["statuses"].items(), key=lambda kv: str(kv[0])))
+        statuses = _statuses(row["statuses"])
         if "cold_statuses" in row:
-            statuses += " | cold " + " ".join(f"{k}:{v}" for k, v in sorted(row["cold_statuses"].items()))
+            statuses += " | cold " + _statuses(row["cold_statuses"])
         recovery = "-" if row["recovery_s"] is None else f"{row['recovery_s']:.1f}"
         lines.append(f"{row['fault']:<40}{statuses:<34}{row['p99_ms']:>9.0f}{recovery:>12}{row['lost']:>6}")
     return "\n".join(lines)

