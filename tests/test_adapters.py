@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures.tiny import tiny_model
+from fixtures.tiny import random_codes, tiny_model
 from torch import Tensor, nn
 
 from pstyle.adapters import (
@@ -34,7 +34,6 @@ from pstyle.adapters import (
 from pstyle.adapters.io import META_FILE, TENSORS_FILE
 from pstyle.config import ModelConfig
 from pstyle.models import Generator
-from pstyle.models.encoder import CODE_DIM
 
 FP = "f" * 64  # a base-model fingerprint; io only compares it
 
@@ -46,7 +45,7 @@ def tiny_generator() -> Generator:
 
 def inputs(gen: Generator, batch: int = 2) -> tuple[Tensor, Tensor, Tensor]:
     content = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    code = torch.randn(batch, CODE_DIM, generator=torch.Generator().manual_seed(2))
+    code = random_codes(batch, torch.Generator().manual_seed(2))
     return content, code, gen.make_noise(content, seed=3)
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from fixtures.cli import run_pstyle
 from fixtures.serving import random_base, write_adapter
+from fixtures.tiny import random_codes
 
 from pstyle.adapters import load_adapter, merge_adapter, set_active_adapter, unmerge_adapter
 from pstyle.config import ExportConfig, ModelConfig
@@ -40,10 +41,7 @@ SMALL_EXPORT = ExportConfig(
 
 def batches(n: int = 2, size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(1)
-    return [
-        (torch.rand(2, 3, size, size, generator=gen), torch.randn(2, CODE_DIM, generator=gen))
-        for _ in range(n)
-    ]
+    return [(torch.rand(2, 3, size, size, generator=gen), random_codes(2, gen)) for _ in range(n)]
 
 
 def styled_generator() -> Generator:
@@ -130,10 +128,10 @@ def test_int8_base_applies_a_users_adapter_per_sample_and_merged(base: Path, tmp
     assert per_sample_error < 0.01  # ...as it changes fp32's
     merge_adapter(int8, "alice")  # the int8 weights are re-quantized from the merged float weights
     merged = int8(content, code, noise)
-    # merging quantizes the adapted weights against the base's calibrated ranges: about as close to
-    # fp32 as the float deltas (on the bundled base's trained adapters the two differ by 2 %)
+    # merging quantizes the adapted weights against the base's calibrated ranges: held to the float
+    # deltas' bound (on the bundled base's trained adapters the two differ by 2 %)
     merged_error = (merged - outputs["fp32"]).abs().mean()
-    assert (merged - plain).abs().mean() > 0.01 and merged_error < 2 * per_sample_error
+    assert (merged - plain).abs().mean() > 0.01 and merged_error < 0.01
     unmerge_adapter(int8)
     set_active_adapter(int8, None)
     assert (int8(content, code, noise) - plain).abs().max() < 0.01

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from pstyle.models.encoder import CODE_DIM, split_code
+from pstyle.models.colour import chroma_code, impose_chroma, luma, to_luma_chroma
+from pstyle.models.encoder import CODE_DIM, colour_part, split_code
 from pstyle.models.generator import feather
 from pstyle.models.style_model import StyleModel
 
@@ -65,6 +68,32 @@ def test_code_holds_the_style_statistics_adain_imposes(model):
     f = feats[2]
     assert torch.allclose(mean.flatten(), f.mean(dim=(0, 2, 3)), atol=1e-4)
     assert torch.allclose(std.flatten() ** 2, f.var(dim=(0, 2, 3), correction=0) + 1e-5, rtol=1e-3)
+
+
+def test_code_ends_with_the_style_sets_pooled_chroma(model):
+    """A grey set's chroma is zero with the floor's spread; a tinted one's mean is its tint."""
+    grey = torch.rand(2, 1, 48, 48).expand(2, 3, 48, 48)
+    code = colour_part(model.encoder(grey))[0]
+    assert code[:2].abs().max() < 1e-6 and torch.allclose(code[2:], torch.tensor(0.5 * math.log(1e-5)))
+    tinted = torch.stack([torch.full((48, 48), v) for v in (0.8, 0.5, 0.2)])[None]  # orange
+    _, chroma = to_luma_chroma(tinted)
+    mean = colour_part(model.encoder(tinted))[0, :2]
+    assert torch.allclose(mean, chroma.mean(dim=(0, 2, 3)), atol=1e-5) and mean[0] < 0 < mean[1]
+    assert torch.equal(chroma_code(tinted[None]), colour_part(model.encoder(tinted)))
+
+
+def test_imposed_chroma_has_the_codes_statistics_and_keeps_luma():
+    gen = torch.Generator().manual_seed(0)
+    images = 0.25 + 0.5 * torch.rand(2, 3, 32, 32, generator=gen)  # in gamut after a mild shift
+    target = torch.tensor([[0.02, -0.03, math.log(0.05), math.log(0.04)]]).expand(2, -1)
+    out = impose_chroma(images, target)
+    _, chroma = to_luma_chroma(out)
+    assert torch.allclose(chroma.mean(dim=(2, 3)), target[:, :2], atol=1e-4)
+    assert torch.allclose(chroma.std(dim=(2, 3), correction=0), target[:, 2:].exp(), rtol=0.03)
+    assert torch.allclose(luma(out), luma(images), atol=1e-5)
+    floor = 0.5 * math.log(1e-5)  # the log-std of a grey set's chroma
+    grey = impose_chroma(images, torch.tensor([[0.0, 0.0, floor, floor]]))
+    assert to_luma_chroma(grey)[1].abs().max() < 0.02  # a grey style leaves (almost) no colour
 
 
 def test_trunk_is_frozen_and_stays_in_eval_mode(model):

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pstyle.models.colour import luma
+
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * torch.rand((), generator=gen).item()
@@ -31,7 +33,7 @@ def color_jitter(image: Tensor, gen: torch.Generator, amount: float = 0.2) -> Te
     image = image * _uniform(gen, 1 - amount, 1 + amount)
     mean = image.mean()
     image = (image - mean) * _uniform(gen, 1 - amount, 1 + amount) + mean
-    gray = (image * image.new_tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(dim=0, keepdim=True)
+    gray = luma(image[None])[0]
     image = (image - gray) * _uniform(gen, 1 - amount, 1 + amount) + gray
     return image.clamp(0, 1)
 

@@ -6,8 +6,10 @@ import torch
 from torch import Tensor, nn
 
 from pstyle.models.backbone import TAP_CHANNELS, Trunk
+from pstyle.models.colour import COLOUR_DIM, chroma_code
 
-CODE_DIM = 2 * sum(TAP_CHANNELS)  # mean and log-std of every tap's channels
+TAPS_DIM = 2 * sum(TAP_CHANNELS)  # mean and log-std of every tap's channels
+CODE_DIM = TAPS_DIM + COLOUR_DIM  # then the pixels' chroma mean and log-std
 _EPS = 1e-5
 
 
@@ -15,8 +17,9 @@ class StyleEncoder(nn.Module):
     """Encodes K >= 1 style images of any size (>= 32 px) into one code per set.
 
     The code is the channel mean and log standard deviation of the pretrained trunk's features at
-    strides 2-16, pooled over every pixel of every image of the set (so it depends on neither the
-    order nor the number of images). These are the statistics AdaIN imposes (Huang & Belongie): a
+    strides 2-16, then of the pixels' chroma (Cb, Cr), pooled over every pixel of every image of
+    the set (so it depends on neither the order nor the number of images). These are the
+    statistics AdaIN imposes (Huang & Belongie) and the colours the generator's output takes: a
     code any photograph or artwork has, with nothing learned that could fail to generalise to an
     unseen style. Log-std keeps a learned per-user code (an adapter's) unconstrained.
     """
@@ -36,12 +39,14 @@ class StyleEncoder(nn.Module):
         if min(h, w) < 32:
             raise ValueError(f"style images must be at least 32 px, got {h}x{w}")
         feats = self.trunk(styles.reshape(b * k, 3, h, w))
-        return torch.cat([pooled_stats(f.reshape(b, k, *f.shape[1:])) for f in feats], dim=1)
+        stats = [pooled_stats(f.reshape(b, k, *f.shape[1:])) for f in feats]
+        return torch.cat([*stats, chroma_code(styles).to(stats[0].dtype)], dim=1)
 
 
-def codes_from_features(feats: list[Tensor]) -> Tensor:
-    """One code per image (B, CODE_DIM) from the trunk's features of those images (a set of one each)."""
-    return torch.cat([pooled_stats(f.unsqueeze(1)) for f in feats], dim=1)
+def codes_from_features(feats: list[Tensor], images: Tensor) -> Tensor:
+    """One code per image (B, CODE_DIM) from the trunk's features of `images` (a set of one each)."""
+    stats = [pooled_stats(f.unsqueeze(1)) for f in feats]
+    return torch.cat([*stats, chroma_code(images.unsqueeze(1)).to(stats[0].dtype)], dim=1)
 
 
 def pooled_stats(feats: Tensor) -> Tensor:
@@ -52,10 +57,18 @@ def pooled_stats(feats: Tensor) -> Tensor:
 
 
 def split_code(code: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """(B, CODE_DIM) -> per tap (mean, std), each (B, C, 1, 1): what AdaIN imposes at that tap."""
+    """(B, CODE_DIM) -> per tap (mean, std), each (B, C, 1, 1): what AdaIN imposes at that tap.
+
+    The code's colour part (`colour_part`) belongs to no tap and is left out.
+    """
     out, start = [], 0
     for c in TAP_CHANNELS:
         mean, log_std = code[:, start : start + c], code[:, start + c : start + 2 * c]
         out.append((mean[:, :, None, None], log_std.exp()[:, :, None, None]))
         start += 2 * c
     return out
+
+
+def colour_part(code: Tensor) -> Tensor:
+    """(B, CODE_DIM) -> (B, COLOUR_DIM): the chroma statistics the output takes (`colour.impose_chroma`)."""
+    return code[:, TAPS_DIM:]

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from pstyle.config import ModelConfig
 from pstyle.models.backbone import TAP_CHANNELS, Trunk
-from pstyle.models.encoder import CODE_DIM, split_code
+from pstyle.models.colour import impose_chroma, luma
+from pstyle.models.encoder import CODE_DIM, colour_part, split_code
 from pstyle.models.layers import ModulatedConv, ModulatedResBlock, adain
 
 DOWNSAMPLING = 16  # the trunk's deepest stride: H and W must be multiples of this
@@ -40,8 +41,11 @@ class Generator(nn.Module):
     full resolution. Style enters twice: AdaIN replaces every skip's channel statistics with the
     style code's (the analytic, zero-shot part, exact for any style image), and FiLM layers driven
     by w = mapping(code) let the decoder learn how those statistics should look as texture and
-    colour. Noise maps join at 1/4 resolution: the raw material for texture, and the reason
-    different seeds give different details.
+    colour. Last, the output's chroma mean and spread are set to the style set's (the code's colour
+    part), its luma untouched: AdaIN matches each channel but not the correlations between channels
+    where the photo's colour lives, so without this a grey style left the photo's colours showing.
+    Noise maps join at 1/4 resolution: the raw material for texture, and the reason different seeds
+    give different details.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -97,7 +101,8 @@ class Generator(nn.Module):
         """
         content = F.pad(content, (BORDER,) * 4, mode="reflect")
         noise = F.pad(noise, (BORDER // NOISE_STRIDE,) * 4, mode="reflect")
-        return self._synthesize(content, style_code, noise)[..., BORDER:-BORDER, BORDER:-BORDER]
+        out = self._synthesize(content, style_code, noise)[..., BORDER:-BORDER, BORDER:-BORDER]
+        return impose_chroma(out, colour_part(style_code))
 
     def _synthesize(self, content: Tensor, style_code: Tensor, noise: Tensor) -> Tensor:
         w = self.mapping(style_code)
@@ -139,9 +144,8 @@ class Generator(nn.Module):
 
 def normalized_luminance(images: Tensor) -> Tensor:
     """(B,3,H,W) -> (B,1,H,W) luma with zero mean and unit variance per image: edges without colour."""
-    luma = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
-    mean = luma.mean(dim=(2, 3), keepdim=True)
-    return (luma - mean) / (luma.std(dim=(2, 3), keepdim=True) + 1e-3)
+    y = luma(images)
+    return (y - y.mean(dim=(2, 3), keepdim=True)) / (y.std(dim=(2, 3), keepdim=True) + 1e-3)
 
 
 def feather(mask: Tensor, size: tuple[int, int] | torch.Size, width: int) -> Tensor:

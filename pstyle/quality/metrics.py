@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pstyle.models.backbone import Trunk
+from pstyle.models.colour import luma
 from pstyle.quality.baselines import rgb_to_lab
 from pstyle.quality.swd import PATCH, random_directions, random_patches, sliced_distance
 
@@ -120,12 +121,6 @@ def swd(
 # ----------------------------------------------------------------------------- SSIM
 
 
-def luminance(x: Tensor) -> Tensor:
-    """Rec. 601 luma (B,3,H,W) -> (B,1,H,W): SSIM is a structure measure, colour is SWD's job."""
-    w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
-    return (x * w[:, None, None]).sum(dim=1, keepdim=True)
-
-
 def _gaussian_window(size: int = 11, sigma: float = 1.5, device: torch.device | None = None) -> Tensor:
     t = torch.arange(size, device=device, dtype=torch.float32) - size // 2
     g = torch.exp(-(t**2) / (2 * sigma**2))
@@ -140,7 +135,7 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
     """
     if x.shape != y.shape:
         raise ValueError(f"shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
-    x, y = luminance(x.float()), luminance(y.float())
+    x, y = luma(x.float()), luma(y.float())  # SSIM is a structure measure, colour is SWD's job
     win = _gaussian_window(device=x.device)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mu_x, mu_y = F.conv2d(x, win), F.conv2d(y, win)

@@ -76,7 +76,7 @@ def generator_phase(
     fake_feats = features(fake)
     with frozen(model.discriminator):
         adv = losses.g_hinge_loss(model.discriminator(fake, codes2))
-    fake_codes = codes_from_features(fake_feats) if shared else model.encoder(fake.unsqueeze(1))
+    fake_codes = codes_from_features(fake_feats, fake) if shared else model.encoder(fake.unsqueeze(1))
     code = losses.code_consistency_loss(fake_codes, codes2)
     terms = {
         "adversarial": adv,
