@@ -32,7 +32,7 @@ from pstyle.adapters import (
     read_adapter,
     save_adapter,
 )
-from pstyle.bench.common import machine_description, time_call
+from pstyle.bench.common import machine_description, random_codes, time_call
 from pstyle.config import ModelConfig
 from pstyle.models.encoder import CODE_DIM
 from pstyle.models.style_model import StyleModel
@@ -46,13 +46,15 @@ TENSOR_OVERHEAD_B, ENTRY_OVERHEAD_B = 512, 100
 
 
 def random_state(shapes: dict[str, torch.Size], seed: int) -> dict[str, Tensor]:
-    """A trained-looking adapter: down ~ N(0, 1/fan_in), up ~ N(0, 0.02²) (non-zero), style code ~ N(0, 1)."""
+    """A trained-looking adapter: down ~ N(0, 1/fan_in), up ~ N(0, 0.02²) (non-zero), and a style code
+    like an encoder's (`random_codes`)."""
     g = torch.Generator().manual_seed(seed)
     state = {}
     for key, shape in shapes.items():
-        std = (
-            1.0 if key == "style_code" else 0.02 if key.endswith("lora_up") else math.prod(shape[1:]) ** -0.5
-        )
+        if key == "style_code":
+            state[key] = random_codes(1, g)[0]
+            continue
+        std = 0.02 if key.endswith("lora_up") else math.prod(shape[1:]) ** -0.5
         state[key] = torch.randn(shape, generator=g) * std
     return state
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -15,8 +16,23 @@ from torch import nn
 from pstyle.bench.reference import AdaINReference, JohnsonReference
 from pstyle.config import ModelConfig
 from pstyle.models import Generator
-from pstyle.models.encoder import CODE_DIM
+from pstyle.models.encoder import CODE_DIM, TAPS_DIM
 from pstyle.models.precision import inference_autocast, inference_input, inference_module
+
+PHOTO_CHROMA_STD = 0.05  # about a photograph's Cb/Cr spread
+
+
+def random_codes(n: int, gen: torch.Generator, chroma_std: float = PHOTO_CHROMA_STD) -> torch.Tensor:
+    """(n, CODE_DIM) style codes that look like an encoder's: N(0, 1) feature statistics, chroma
+    means N(0, 0.05^2) and a chroma spread of `chroma_std`.
+
+    The generator's last step stretches its output's chroma spread to the code's, so a code whose
+    colour part is N(0, 1) too (spreads up to e^3) would measure that stretch, not the network.
+    """
+    codes = torch.randn(n, CODE_DIM, generator=gen)
+    codes[:, TAPS_DIM : TAPS_DIM + 2] *= PHOTO_CHROMA_STD
+    codes[:, TAPS_DIM + 2 :] = math.log(chroma_std)
+    return codes
 
 
 def machine_description(device: torch.device) -> dict[str, str | int]:
