@@ -13,10 +13,11 @@ import torch
 from fixtures.cli import run_pstyle
 from fixtures.serving import random_base, write_adapter
 from fixtures.tiny import random_codes
+from safetensors.torch import load_file, save_file
 
 from pstyle.adapters import load_adapter, merge_adapter, set_active_adapter, unmerge_adapter
 from pstyle.config import ExportConfig, ModelConfig
-from pstyle.models import Generator
+from pstyle.models import Generator, quantize
 from pstyle.models.encoder import CODE_DIM
 from pstyle.models.prune import channel_importance, pruned_generator
 from pstyle.models.quantize import (
@@ -25,7 +26,9 @@ from pstyle.models.quantize import (
     Int8Conv2d,
     QuantizationError,
     calibrate_int8,
+    finish_calibration,
     int8_layers,
+    prepare_int8,
 )
 from pstyle.models.variants import ONNX_FILE, apply_variant, variant_format
 from pstyle.store import LocalStore
@@ -78,9 +81,11 @@ def test_int8_generator_is_close_to_fp32_and_keeps_the_checkpoint_identity() -> 
 
 
 def _exact_int8_conv(layer: Int8Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """What `layer` computes in exact integer arithmetic: its quantized input and per-channel int8
-    weight convolved in float (no intermediate rounding or saturation), requantized to its output."""
+    """What `layer` computes in exact integer arithmetic: its smoothed, quantized input and per-channel
+    int8 weight convolved in float (no intermediate rounding or saturation), requantized to its output."""
     weight, bias = layer.folded(layer.weight, layer.bias)
+    if layer.groups == 1:
+        weight, x = weight * layer.smoothing.view(1, -1, 1, 1), x / layer.smoothing.view(1, -1, 1, 1)
     scales = (weight.abs().amax(dim=(1, 2, 3)) / WEIGHT_LEVELS).clamp_min(1e-12).view(-1, 1, 1, 1)
     weight = (weight / scales).round().clamp(-128, 127) * scales
     (s_in, z_in), (s_out, z_out) = layer._input_q, layer._output_q
@@ -107,6 +112,40 @@ def test_int8_convolutions_compute_exact_integer_results_on_this_cpu() -> None:
     q(content, code, g.make_noise(content, seed=0))
     assert len(worst) == len(int8_layers(q))
     assert max(worst.values()) <= 1.01, sorted(worst.items(), key=lambda kv: -kv[1])[:3]  # rounding only
+
+
+@torch.no_grad()
+def test_int8_smoothing_keeps_a_faint_channel_beside_loud_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last decoder layer takes feature channels of about +-120 beside the photo's luma (+-3): one
+    shared 8-bit input step would leave the luma a few levels. Smoothing divides each channel by its
+    own scale (and multiplies its weights back), so the faint channel keeps its detail; a layer whose
+    channels have even ranges is left alone."""
+    gen = torch.Generator().manual_seed(0)
+    faint = torch.randn(1, 1, 32, 32, generator=gen).clamp(-3, 3)
+    loud = 40 * torch.randn(1, 8, 32, 32, generator=gen)
+
+    def quantized(x: torch.Tensor) -> tuple[Int8Conv2d, float]:
+        """An int8 conv calibrated on `x` whose last channel matters as much as the others together,
+        and its mean relative error on `x`."""
+        conv = torch.nn.Sequential(torch.nn.Conv2d(x.shape[1], 4, 3, padding=1))
+        torch.nn.init.normal_(conv[0].weight, std=0.1, generator=torch.Generator().manual_seed(1))
+        conv[0].weight[:, -1] *= 20
+        exact = conv(x)
+        q = prepare_int8(copy.deepcopy(conv))
+        q(x)
+        finish_calibration(q)
+        return q[0], ((q(x) - exact).abs().mean() / exact.abs().mean()).item()
+
+    uneven = torch.cat([loud, faint], dim=1)
+    layer, error = quantized(uneven)
+    lo, hi = (layer.input_ranges / layer.smoothing).unbind(0)
+    assert (hi[-1] - lo[-1]) / layer._input_q[0] > 40  # the faint channel spans > 40 of the 256 levels
+    monkeypatch.setattr(quantize, "MIN_LEVELS", 0)  # no layer is starved: smoothing off
+    unsmoothed, unsmoothed_error = quantized(uneven)
+    assert (unsmoothed.smoothing == 1).all() and error < 0.5 * unsmoothed_error
+    monkeypatch.undo()
+    even, _ = quantized(loud)
+    assert (even.smoothing == 1).all()
 
 
 @torch.no_grad()
@@ -180,6 +219,14 @@ def test_export_int8_publishes_and_loads_as_the_same_base(base: Path, tmp_path: 
     assert fingerprint(model) == fingerprint(source)  # the same base: users' adapters apply
     apply_variant(model, fetched, fetched_meta)
     assert any(isinstance(m, Int8Conv2d) for m in model.generator.modules())
+    # calibration from another generator (or from before per-channel ranges), or a damaged file
+    ranges = load_file(fetched / CALIBRATION_FILE)
+    save_file({k: v for k, v in ranges.items() if not k.startswith("to_rgb.")}, fetched / CALIBRATION_FILE)
+    with pytest.raises(QuantizationError, match="does not match this generator's layers: export it again"):
+        apply_variant(load_checkpoint(fetched)[0], fetched, fetched_meta)
+    (fetched / CALIBRATION_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(QuantizationError, match="cannot read the int8 calibration"):
+        apply_variant(load_checkpoint(fetched)[0], fetched, fetched_meta)
 
 
 def test_export_pruned_is_an_ordinary_narrower_checkpoint(base: Path, tmp_path: Path) -> None:

@@ -2,11 +2,12 @@
 
 Weights are quantized per output channel (symmetric int8, 7 bits used: `WEIGHT_LEVELS`) when a layer
 first runs, activations per tensor (affine uint8) with ranges calibrated on real photographs and
-procedural scenes. The float weights stay in the module: the checkpoint, its fingerprint and
-therefore every user's adapter are the same as the fp32 base's, and a LoRA wrapper around an
-`Int8Conv2d` adds its delta in float on top of the int8 base output. A weight changed in place (an
-adapter merged into the base) is re-quantized before the next forward, so merge-then-quantize needs
-no extra step.
+procedural scenes; a layer whose input channels span very different ranges is smoothed first
+(`SMOOTHING_ALPHA`), so one per-tensor scale does not erase its faint channels. The float weights
+stay in the module: the checkpoint, its fingerprint and therefore every user's adapter are the same
+as the fp32 base's, and a LoRA wrapper around an `Int8Conv2d` adds its delta in float on top of the
+int8 base output. A weight changed in place (an adapter merged into the base) is re-quantized before
+the next forward, so merge-then-quantize needs no extra step.
 
 Why eager quantized kernels rather than PT2E + Inductor (torch 2.13's recommended flow, in torchao):
 PT2E only reaches int8 kernels through `torch.compile` with frozen weights. Frozen weights are
@@ -37,6 +38,13 @@ CALIBRATION_FILE = "int8.safetensors"  # per-layer activation ranges, next to th
 # scales lose less to the dropped bit than the per-tensor inputs would (docs/benchmarks.md, "Serving
 # variants"). Inputs and outputs keep 8 bits; the folded ReLU6 is the output's saturation at 255.
 WEIGHT_LEVELS = 63
+# SmoothQuant's migration strength (Xiao et al. 2023): input channel j is divided by
+# s_j = max|x_j|^a / max|w_j|^(1-a) and its weights multiplied by it, the same product in float. One
+# per-tensor input scale then fits channels of very different ranges: the last decoder layer takes
+# 24 feature channels spanning about +-120 next to the photo's normalised luma (+-3), whose detail a
+# shared 8-bit step of 0.9 erased (docs/benchmarks.md, "Serving variants").
+SMOOTHING_ALPHA = 0.5
+MIN_SHARE, MIN_LEVELS = 0.01, 32  # `_starved`: which layers need it
 
 
 class QuantizationError(ValueError):
@@ -64,8 +72,11 @@ class Int8Conv2d(nn.Conv2d):
         self.register_buffer("fold_scale", scale.to(conv.weight.device), persistent=False)
         self.register_buffer("fold_shift", shift.to(conv.weight.device), persistent=False)
         self.clamp = _fused_activation(norm)
-        ranges = torch.zeros(4)  # input lo/hi, output lo/hi; not in the state dict (the checkpoint is fp32's)
-        self.register_buffer("ranges", ranges, persistent=False)
+        # Observed ranges, not in the state dict (the checkpoint is fp32's): per input channel lo/hi,
+        # and the output's lo/hi. Both start at 0, so they include it.
+        self.register_buffer("input_ranges", torch.zeros(2, conv.in_channels), persistent=False)
+        self.register_buffer("output_range", torch.zeros(2), persistent=False)
+        self.register_buffer("smoothing", torch.ones(conv.in_channels), persistent=False)
         self.calibrating = True
         self._packed: tuple[int, object] | None = None  # (weight version, prepacked int8 weight)
 
@@ -85,7 +96,8 @@ class Int8Conv2d(nn.Conv2d):
             self._observe(x, y)
             return y
         packed = self._own_packed() if weight is self.weight else self._pack(weight, bias)
-        qx = torch.quantize_per_tensor(x.float(), *self._input_q, torch.quint8)
+        x = x.float() / self.smoothing.view(1, -1, 1, 1) if self._smoothed else x.float()
+        qx = torch.quantize_per_tensor(x, *self._input_q, torch.quint8)
         return torch.ops.quantized.conv2d(qx, packed, *self._output_q).dequantize()
 
     def folded(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -94,17 +106,30 @@ class Int8Conv2d(nn.Conv2d):
         shifted = self.fold_shift if bias is None else bias * self.fold_scale + self.fold_shift
         return weight, (None if bias is None and not self.fold_shift.any() else shifted)
 
+    @torch.no_grad()
     def finish_calibration(self) -> None:
-        """Fix the recorded ranges as uint8 (scale, zero point) pairs and run in int8 from now on."""
-        lo_in, hi_in, lo_out, hi_out = self.ranges.tolist()
-        self._input_q, self._output_q = affine_params(lo_in, hi_in), affine_params(lo_out, hi_out)
+        """Fix the input smoothing and the recorded ranges as uint8 (scale, zero point) pairs, and run
+        in int8 from now on."""
+        weight = self.folded(self.weight, self.bias)[0].float()
+        if self.groups == 1 and _starved(self.input_ranges, weight):
+            x_max = self.input_ranges.abs().amax(dim=0).clamp_min(1e-5)
+            w_max = weight.abs().amax(dim=(0, 2, 3)).clamp_min(1e-5)
+            self.smoothing.copy_(x_max**SMOOTHING_ALPHA / w_max ** (1 - SMOOTHING_ALPHA))
+        lo, hi = (self.input_ranges / self.smoothing).unbind(0)
+        self._input_q = affine_params(lo.min().item(), hi.max().item())
+        self._output_q = affine_params(*self.output_range.tolist())
+        self._smoothed = bool((self.smoothing != 1).any())
         self.calibrating = False
 
     @torch.no_grad()
     def _observe(self, x: Tensor, y: Tensor) -> None:
-        seen = torch.stack([x.min(), x.max(), y.min(), y.max()]).float().cpu()
-        lo, hi = torch.minimum(self.ranges[0::2], seen[0::2]), torch.maximum(self.ranges[1::2], seen[1::2])
-        self.ranges.copy_(torch.stack([lo[0], hi[0], lo[1], hi[1]]))  # ranges start at 0: they include 0
+        x = x.float().transpose(0, 1).flatten(1)
+        self.input_ranges[0] = torch.minimum(self.input_ranges[0], x.amin(dim=1).cpu())
+        self.input_ranges[1] = torch.maximum(self.input_ranges[1], x.amax(dim=1).cpu())
+        seen = torch.stack([y.min(), y.max()]).float().cpu()
+        self.output_range.copy_(
+            torch.stack([self.output_range[0].minimum(seen[0]), self.output_range[1].maximum(seen[1])])
+        )
 
     def _own_packed(self) -> object:
         """This layer's packed int8 weight, re-packed after an in-place change (a merged adapter)."""
@@ -115,8 +140,11 @@ class Int8Conv2d(nn.Conv2d):
 
     @torch.no_grad()
     def _pack(self, weight: Tensor, bias: Tensor | None) -> object:
-        """Folded, per-output-channel symmetric weight in -63..63, prepacked for the x86 kernel."""
+        """Folded and smoothed, per-output-channel symmetric weight in -63..63, prepacked for the x86
+        kernel."""
         weight, bias = self.folded(weight, bias)
+        if self.groups == 1:  # a grouped weight's second dimension is not the input channels
+            weight = weight * self.smoothing.view(1, -1, 1, 1)
         w = weight.detach().float().cpu()
         scales = (w.abs().amax(dim=(1, 2, 3)) / WEIGHT_LEVELS).clamp_min(1e-12).double()
         qw = torch.quantize_per_channel(w, scales, torch.zeros(len(w), dtype=torch.long), 0, torch.qint8)
@@ -124,6 +152,17 @@ class Int8Conv2d(nn.Conv2d):
         return torch.ops.quantized.conv2d_prepack(
             qw, bias, list(self.stride), list(self.padding), list(self.dilation), self.groups
         )
+
+
+def _starved(input_ranges: Tensor, weight: Tensor) -> bool:
+    """Whether one shared input scale would starve a channel that matters: one carrying at least
+    `MIN_SHARE` of the layer's input magnitude (its range times its weights' norm) left with fewer
+    than `MIN_LEVELS` of the 256 input levels. Such layers are smoothed; the others skip the division
+    smoothing costs (the trunk's channels come out of BatchNorms, their ranges are even)."""
+    lo, hi = input_ranges.unbind(0)
+    share = (hi - lo) * weight.square().sum(dim=(0, 2, 3)).sqrt()
+    levels = 255 * (hi - lo) / (hi.max() - lo.min()).clamp_min(1e-12)
+    return bool(((share >= MIN_SHARE * share.sum()) & (levels < MIN_LEVELS)).any())
 
 
 def _fold(norm: nn.BatchNorm2d | None, channels: int) -> tuple[Tensor, Tensor]:
@@ -193,7 +232,7 @@ def prepare_int8(generator: nn.Module) -> nn.Module:
 def finish_calibration(generator: nn.Module) -> None:
     """Switch every Int8Conv2d from recording ranges to running in int8."""
     layers = int8_layers(generator)
-    empty = [name for name, layer in layers.items() if not layer.ranges.any()]
+    empty = [name for name, layer in layers.items() if not layer.output_range.any()]
     if empty:
         raise QuantizationError(f"calibration never ran through {len(empty)} layers, e.g. {empty[0]}")
     for layer in layers.values():
@@ -213,8 +252,11 @@ def calibrate_int8(
 
 
 def save_calibration(generator: nn.Module, directory: Path) -> Path:
-    """The activation ranges of every int8 layer, as safetensors next to the checkpoint."""
-    ranges = {name: layer.ranges.clone() for name, layer in int8_layers(generator).items()}
+    """The activation ranges of every int8 layer, as safetensors next to the checkpoint: per layer
+    `NAME.input` (2, in_channels) and `NAME.output` (2,), each lo/hi."""
+    ranges = {}
+    for name, layer in int8_layers(generator).items():
+        ranges[f"{name}.input"], ranges[f"{name}.output"] = layer.input_ranges, layer.output_range
     path = Path(directory) / CALIBRATION_FILE
     atomic_write(path, lambda p: save_file(ranges, p))
     return path
@@ -228,9 +270,14 @@ def load_int8(generator: nn.Module, directory: Path) -> nn.Module:
     except Exception as exc:  # a missing or damaged file: safetensors raises several types
         raise QuantizationError(f"{path}: cannot read the int8 calibration ({exc})") from exc
     layers = int8_layers(prepare_int8(generator))
-    if set(ranges) != set(layers) or any(r.shape != (4,) for r in ranges.values()):
-        raise QuantizationError(f"{path}: calibration does not match this generator's layers")
+    expected = {f"{name}.{end}": getattr(layer, buffer).shape for name, layer in layers.items()
+                for end, buffer in (("input", "input_ranges"), ("output", "output_range"))}  # fmt: skip
+    if {key: r.shape for key, r in ranges.items()} != expected:
+        raise QuantizationError(
+            f"{path}: calibration does not match this generator's layers: export it again"
+        )
     for name, layer in layers.items():
-        layer.ranges.copy_(ranges[name])
+        layer.input_ranges.copy_(ranges[f"{name}.input"])
+        layer.output_range.copy_(ranges[f"{name}.output"])
     finish_calibration(generator)
     return generator
