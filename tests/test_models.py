@@ -9,7 +9,7 @@ import torch
 
 from pstyle.models.colour import chroma_code, impose_chroma, luma, to_luma_chroma
 from pstyle.models.encoder import CODE_DIM, colour_part, split_code
-from pstyle.models.generator import feather
+from pstyle.models.generator import cat_channels, feather
 from pstyle.models.style_model import StyleModel
 
 
@@ -170,3 +170,14 @@ def test_segmenter_logits_and_binary_mask(model):
     assert model.segmenter(images).shape == (2, 1, 64, 64)
     mask = model.subject_mask(images)
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_cat_channels_is_torch_cat_in_either_layout():
+    """The int8 convolutions return channels_last maps: the luma is joined to them in that layout."""
+    gen = torch.Generator().manual_seed(0)
+    x, luma = torch.rand(2, 5, 8, 8, generator=gen), torch.rand(2, 1, 8, 8, generator=gen)
+    expected = torch.cat([x, luma], dim=1)
+    plain = cat_channels(x, luma)
+    last = cat_channels(x.contiguous(memory_format=torch.channels_last), luma)
+    assert torch.equal(plain, expected) and plain.is_contiguous()
+    assert torch.equal(last, expected) and last.is_contiguous(memory_format=torch.channels_last)

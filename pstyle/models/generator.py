@@ -117,7 +117,7 @@ class Generator(nn.Module):
         x = self.up4(x, f4, w, noise=self.inject_noise(noise.to(x.dtype)))
         x = self.up2(x, f2, w)
         x = F.interpolate(x, size=content.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.up1(torch.cat([x, normalized_luminance(content)], dim=1), w)
+        x = self.up1(cat_channels(x, normalized_luminance(content)), w)
         return torch.sigmoid(self.to_rgb(x))
 
     def blend(
@@ -140,6 +140,22 @@ class Generator(nn.Module):
         gen = rng if seed is None else torch.Generator().manual_seed(seed)
         shape = (b, self.noise_dim, h // NOISE_STRIDE, w // NOISE_STRIDE)
         return torch.randn(shape, generator=gen).to(device=like.device, dtype=like.dtype)
+
+
+def cat_channels(x: Tensor, extra: Tensor) -> Tensor:
+    """torch.cat([x, extra], dim=1), laid out as `x` is.
+
+    The int8 convolutions hand back channels_last tensors. torch.cat of one beside a plain map (the
+    luma) takes a slow path: 2.5 ms at 24 x 272² on 2 CPUs, where writing both into a channels_last
+    buffer takes 0.4 ms. A plain `x` (fp32, training) goes through torch.cat as before.
+    """
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return torch.cat([x, extra], dim=1)
+    shape = (x.shape[0], x.shape[1] + extra.shape[1], *x.shape[2:])
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    out[:, : x.shape[1]] = x
+    out[:, x.shape[1] :] = extra
+    return out
 
 
 def normalized_luminance(images: Tensor) -> Tensor:
