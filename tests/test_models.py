@@ -175,9 +175,9 @@ def test_segmenter_logits_and_binary_mask(model):
 def test_cat_channels_is_torch_cat_in_either_layout():
     """The int8 convolutions return channels_last maps: the luma is joined to them in that layout."""
     gen = torch.Generator().manual_seed(0)
-    x, luma = torch.rand(2, 5, 8, 8, generator=gen), torch.rand(2, 1, 8, 8, generator=gen)
-    expected = torch.cat([x, luma], dim=1)
-    plain = cat_channels(x, luma)
-    last = cat_channels(x.contiguous(memory_format=torch.channels_last), luma)
+    x, extra = torch.rand(2, 5, 8, 8, generator=gen), torch.rand(2, 1, 8, 8, generator=gen)
+    expected = torch.cat([x, extra], dim=1)
+    plain = cat_channels(x, extra)
+    last = cat_channels(x.contiguous(memory_format=torch.channels_last), extra)
     assert torch.equal(plain, expected) and plain.is_contiguous()
     assert torch.equal(last, expected) and last.is_contiguous(memory_format=torch.channels_last)

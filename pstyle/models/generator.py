@@ -145,9 +145,9 @@ class Generator(nn.Module):
 def cat_channels(x: Tensor, extra: Tensor) -> Tensor:
     """torch.cat([x, extra], dim=1), laid out as `x` is.
 
-    The int8 convolutions hand back channels_last tensors. torch.cat of one beside a plain map (the
-    luma) takes a slow path: 2.5 ms at 24 x 272² on 2 CPUs, where writing both into a channels_last
-    buffer takes 0.4 ms. A plain `x` (fp32, training) goes through torch.cat as before.
+    The int8 convolutions hand back channels_last tensors, and torch.cat of one beside a plain map
+    (the luma) takes a slow path, six times slower than writing both into a channels_last buffer
+    (docs/benchmarks.md, "Serving variants"). A plain `x` (fp32, training) goes through torch.cat.
     """
     if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
         return torch.cat([x, extra], dim=1)
