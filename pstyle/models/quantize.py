@@ -124,12 +124,10 @@ class Int8Conv2d(nn.Conv2d):
     @torch.no_grad()
     def _observe(self, x: Tensor, y: Tensor) -> None:
         x = x.float().transpose(0, 1).flatten(1)
-        self.input_ranges[0] = torch.minimum(self.input_ranges[0], x.amin(dim=1).cpu())
-        self.input_ranges[1] = torch.maximum(self.input_ranges[1], x.amax(dim=1).cpu())
-        seen = torch.stack([y.min(), y.max()]).float().cpu()
-        self.output_range.copy_(
-            torch.stack([self.output_range[0].minimum(seen[0]), self.output_range[1].maximum(seen[1])])
-        )
+        self.input_ranges[0] = self.input_ranges[0].minimum(x.amin(dim=1).cpu())
+        self.input_ranges[1] = self.input_ranges[1].maximum(x.amax(dim=1).cpu())
+        self.output_range[0] = self.output_range[0].minimum(y.min().float().cpu())
+        self.output_range[1] = self.output_range[1].maximum(y.max().float().cpu())
 
     def _own_packed(self) -> object:
         """This layer's packed int8 weight, re-packed after an in-place change (a merged adapter)."""
