@@ -15,8 +15,14 @@ from fixtures.serving import random_base, write_adapter
 from fixtures.tiny import random_codes
 from safetensors.torch import load_file, save_file
 
-from pstyle.adapters import load_adapter, merge_adapter, set_active_adapter, unmerge_adapter
-from pstyle.config import ExportConfig, ModelConfig
+from pstyle.adapters import (
+    inject_adapter,
+    load_adapter,
+    merge_adapter,
+    set_active_adapter,
+    unmerge_adapter,
+)
+from pstyle.config import AdapterConfig, ExportConfig, ModelConfig
 from pstyle.models import Generator, quantize
 from pstyle.models.encoder import CODE_DIM
 from pstyle.models.prune import channel_importance, pruned_generator
@@ -103,7 +109,8 @@ def test_int8_convolutions_compute_exact_integer_results_on_this_cpu() -> None:
     worst: dict[str, float] = {}
 
     def compare(name: str, layer: Int8Conv2d, inputs: tuple[torch.Tensor], out: torch.Tensor) -> None:
-        steps = (_exact_int8_conv(layer, inputs[0]) - out).abs().max() / layer._output_q[0]
+        x, out = (t.dequantize() if t.is_quantized else t for t in (inputs[0], out))  # chained layers
+        steps = (_exact_int8_conv(layer, x) - out).abs().max() / layer._output_q[0]
         worst[name] = steps.item()
 
     for name, layer in int8_layers(q).items():
@@ -112,6 +119,41 @@ def test_int8_convolutions_compute_exact_integer_results_on_this_cpu() -> None:
     q(content, code, g.make_noise(content, seed=0))
     assert len(worst) == len(int8_layers(q))
     assert max(worst.values()) <= 1.01, sorted(worst.items(), key=lambda kv: -kv[1])[:3]  # rounding only
+
+
+@torch.no_grad()
+def test_int8_trunk_blocks_hand_quantized_maps_along_unless_an_adapter_wraps_a_link() -> None:
+    """Inside a trunk block each convolution's output is the next one's input, so it stays quantized
+    (no dequantize and quantize between them): the same integers, so the same output. A LoRA wrapper
+    adds a float delta, so wrapping the receiving layer hands it float again."""
+    g = styled_generator()
+    q = calibrate_int8(copy.deepcopy(g), batches())
+    content, code = batches(1)[0]
+    noise = g.make_noise(content, seed=0)
+    chained = {name: layer for name, layer in int8_layers(q).items() if layer._chain is not None}
+    quantized_out: list[str] = []
+
+    def record(name: str, layer: Int8Conv2d, inputs: tuple[torch.Tensor], out: torch.Tensor) -> None:
+        if out.is_quantized:
+            quantized_out.append(name)
+
+    hooks = [
+        layer.register_forward_hook(functools.partial(record, name)) for name, layer in int8_layers(q).items()
+    ]
+    out = q(content, code, noise)
+    assert "trunk.blocks.1.0.conv_pw" in chained and sorted(quantized_out) == sorted(chained)
+    links = {name: layer._chain for name, layer in chained.items()}
+    for layer in chained.values():
+        layer._chain = None
+    assert torch.equal(q(content, code, noise), out)
+    for name, layer in chained.items():
+        layer._chain = links[name]
+    inject_adapter(q, "alice", AdapterConfig(target_modules=("trunk.blocks.1.0.conv_pwl",)))
+    quantized_out.clear()
+    assert torch.equal(q(content, code, noise), out)  # a new adapter is a no-op
+    assert "trunk.blocks.1.0.conv_pw" in quantized_out and "trunk.blocks.1.0.conv_dw" not in quantized_out
+    for hook in hooks:
+        hook.remove()
 
 
 @torch.no_grad()

@@ -3,7 +3,8 @@
 Weights are quantized per output channel (symmetric int8, 7 bits used: `WEIGHT_LEVELS`) when a layer
 first runs, activations per tensor (affine uint8) with ranges calibrated on real photographs and
 procedural scenes; a layer whose input channels span very different ranges is smoothed first
-(`SMOOTHING_ALPHA`), so one per-tensor scale does not erase its faint channels. The float weights
+(`SMOOTHING_ALPHA`), so one per-tensor scale does not erase its faint channels. Inside the trunk's
+blocks a convolution hands its output to the next one still quantized (`_CHAINS`). The float weights
 stay in the module: the checkpoint, its fingerprint and therefore every user's adapter are the same
 as the fp32 base's, and a LoRA wrapper around an `Int8Conv2d` adds its delta in float on top of the
 int8 base output. A weight changed in place (an adapter merged into the base) is re-quantized before
@@ -21,6 +22,7 @@ process; the PT2E route with the adapter deltas as graph inputs is the way forwa
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -45,6 +47,14 @@ WEIGHT_LEVELS = 63
 # shared 8-bit step of 0.9 erased (docs/benchmarks.md, "Serving variants").
 SMOOTHING_ALPHA = 0.5
 MIN_SHARE, MIN_LEVELS = 0.01, 32  # `_starved`: which layers need it
+# timm's EfficientNet blocks, by class name: (their convolutions in the order data flows through them,
+# the modules between those convolutions). Once the norms between are folded, every module between
+# is an identity and each convolution's output is the next one's input, so it can stay quantized:
+# the pair skips a dequantize and a quantize of the expanded map, the trunk's largest tensors.
+_CHAINS = {
+    "DepthwiseSeparableConv": (("conv_dw", "conv_pw"), ("bn1", "aa", "se")),
+    "InvertedResidual": (("conv_pw", "conv_dw", "conv_pwl"), ("bn1", "bn2", "aa", "se")),
+}
 
 
 class QuantizationError(ValueError):
@@ -79,6 +89,9 @@ class Int8Conv2d(nn.Conv2d):
         self.register_buffer("smoothing", torch.ones(conv.in_channels), persistent=False)
         self.calibrating = True
         self._packed: tuple[int, object] | None = None  # (weight version, prepacked int8 weight)
+        # (parent, this layer's name, the next layer's name) when this layer's output is the next
+        # one's input (`_CHAINS`); a plain tuple, so the parent is not registered as a submodule
+        self._chain: tuple[nn.Module, str, str] | None = None
 
     def __getstate__(self) -> dict:
         """Copies drop the packed kernel weight (an opaque object); it is rebuilt on first use."""
@@ -96,9 +109,28 @@ class Int8Conv2d(nn.Conv2d):
             self._observe(x, y)
             return y
         packed = self._own_packed() if weight is self.weight else self._pack(weight, bias)
-        x = x.float() / self.smoothing.view(1, -1, 1, 1) if self._smoothed else x.float()
-        qx = torch.quantize_per_tensor(x, *self._input_q, torch.quint8)
-        return torch.ops.quantized.conv2d(qx, packed, *self._output_q).dequantize()
+        if x.is_quantized:  # the previous layer of a chain kept it so: its output range is this input's
+            qx = x
+        else:
+            x = x.float() / self.smoothing.view(1, -1, 1, 1) if self._smoothed else x.float()
+            qx = torch.quantize_per_tensor(x, *self._input_q, torch.quint8)
+        y = torch.ops.quantized.conv2d(qx, packed, *self._output_q)
+        return y if self._feeds_int8() else y.dequantize()
+
+    def _feeds_int8(self) -> bool:
+        """Whether the output may stay quantized: the next layer of its chain is a plain, unsmoothed
+        Int8Conv2d, and neither is wrapped by a LoRA adapter (whose float delta needs float tensors).
+        Checked on every call, since an adapter may be injected after calibration."""
+        if self._chain is None:
+            return False
+        parent, own, following = self._chain
+        nxt = getattr(parent, following)
+        return (
+            getattr(parent, own) is self
+            and type(nxt) is Int8Conv2d
+            and not nxt.calibrating
+            and not nxt._smoothed
+        )
 
     def folded(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """`weight` and `bias` with the folded BatchNorm applied (as they are without one)."""
@@ -224,7 +256,21 @@ def prepare_int8(generator: nn.Module) -> nn.Module:
             setattr(parent, name, Int8Conv2d(child, norm))
             if norm is not None:
                 setattr(parent, after[0], nn.Identity())
+    _link_chains(generator)
     return generator
+
+
+def _link_chains(generator: nn.Module) -> None:
+    """Mark each Int8Conv2d whose output feeds the next one directly (`_CHAINS`, all modules between
+    them identities) so that it can hand its output over quantized."""
+    for parent in generator.modules():
+        convs, between = _CHAINS.get(type(parent).__name__, ((), ()))
+        if not all(isinstance(getattr(parent, name, None), nn.Identity) for name in between):
+            continue
+        for own, following in itertools.pairwise(convs):
+            layer = getattr(parent, own)
+            if type(layer) is Int8Conv2d and type(getattr(parent, following)) is Int8Conv2d:
+                layer._chain = (parent, own, following)
 
 
 def finish_calibration(generator: nn.Module) -> None:
