@@ -10,6 +10,7 @@ import torch
 from pstyle.models.colour import chroma_code, impose_chroma, luma, to_luma_chroma
 from pstyle.models.encoder import CODE_DIM, colour_part, split_code
 from pstyle.models.generator import cat_channels, feather
+from pstyle.models.layers import spatial_stats
 from pstyle.models.style_model import StyleModel
 
 
@@ -181,3 +182,18 @@ def test_cat_channels_is_torch_cat_in_either_layout():
     last = cat_channels(x.contiguous(memory_format=torch.channels_last), extra)
     assert torch.equal(plain, expected) and plain.is_contiguous()
     assert torch.equal(last, expected) and last.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_spatial_stats_match_torch_var_in_either_layout():
+    """The two-pass statistics are torch's mean and var (either correction), and the centred map is
+    x minus that mean, whatever the memory layout; an offset far above the spread does not cancel."""
+    gen = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(2, 5, 17, 23, generator=gen, dtype=torch.float64) + 100
+    for layout in (torch.contiguous_format, torch.channels_last):
+        for correction in (0, 1):
+            centered, mean, var = spatial_stats(x.float().contiguous(memory_format=layout), correction)
+            want_var, want_mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=correction)
+            assert mean.shape == var.shape == (2, 5, 1, 1)
+            torch.testing.assert_close(mean.double(), want_mean, rtol=1e-6, atol=0)
+            torch.testing.assert_close(var.double(), want_var, rtol=1e-5, atol=0)
+            torch.testing.assert_close(centered.double(), x - want_mean, rtol=0, atol=1e-4)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pstyle.models.layers import spatial_stats
+
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # Rec. 601: R, G, B
 _CB_SCALE, _CR_SCALE = 0.564, 0.713  # Cb = 0.564 (B - Y), Cr = 0.713 (R - Y)
 COLOUR_DIM = 4  # a style set's Cb and Cr mean, then their log standard deviations
@@ -58,7 +60,6 @@ def impose_chroma(images: Tensor, colour_code: Tensor) -> Tensor:
     y, chroma = to_luma_chroma(images.float())
     mean_t = colour_code[:, :2, None, None].float()
     std_t = colour_code[:, 2:, None, None].float().exp()
-    mean = chroma.mean(dim=(2, 3), keepdim=True)
-    std = chroma.std(dim=(2, 3), correction=0, keepdim=True)
-    chroma = (chroma - mean) * (std_t / (std + _STD_FLOOR)) + mean_t
+    centered, _, var = spatial_stats(chroma)
+    chroma = centered * (std_t / (var.sqrt() + _STD_FLOOR)) + mean_t
     return from_luma_chroma(y, chroma).clamp(0, 1).to(images.dtype)

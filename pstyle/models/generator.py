@@ -10,7 +10,7 @@ from pstyle.config import ModelConfig
 from pstyle.models.backbone import TAP_CHANNELS, Trunk
 from pstyle.models.colour import impose_chroma, luma
 from pstyle.models.encoder import CODE_DIM, colour_part, split_code
-from pstyle.models.layers import ModulatedConv, ModulatedResBlock, adain
+from pstyle.models.layers import ModulatedConv, ModulatedResBlock, adain, spatial_stats
 
 DOWNSAMPLING = 16  # the trunk's deepest stride: H and W must be multiples of this
 NOISE_STRIDE = 4  # noise maps live at 1/4 resolution
@@ -160,8 +160,8 @@ def cat_channels(x: Tensor, extra: Tensor) -> Tensor:
 
 def normalized_luminance(images: Tensor) -> Tensor:
     """(B,3,H,W) -> (B,1,H,W) luma with zero mean and unit variance per image: edges without colour."""
-    y = luma(images)
-    return (y - y.mean(dim=(2, 3), keepdim=True)) / (y.std(dim=(2, 3), keepdim=True) + 1e-3)
+    centered, _, var = spatial_stats(luma(images), correction=1)
+    return centered / (var.sqrt() + 1e-3)
 
 
 def feather(mask: Tensor, size: tuple[int, int] | torch.Size, width: int) -> Tensor:

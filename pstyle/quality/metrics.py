@@ -19,6 +19,7 @@ from torch import Tensor
 
 from pstyle.models.backbone import Trunk
 from pstyle.models.colour import luma
+from pstyle.models.layers import spatial_stats
 from pstyle.quality.baselines import rgb_to_lab
 from pstyle.quality.swd import PATCH, random_directions, random_patches, sliced_distance
 
@@ -220,8 +221,8 @@ def style_distance(outputs: Tensor, styles: Tensor) -> Tensor:
     total = outputs.new_zeros(len(outputs), dtype=torch.float32)
     feats_o, feats_s = _features(outputs), _features(styles)
     for fo, fs in zip(feats_o, feats_s, strict=True):
-        mean_o, std_o = fo.mean(dim=(2, 3)), fo.std(dim=(2, 3), correction=0)
-        total = total + _stats_gap(mean_o, std_o, *_pooled_stats(fs))
+        _, mean_o, var_o = spatial_stats(fo)
+        total = total + _stats_gap(mean_o.flatten(1), var_o.sqrt().flatten(1), *_pooled_stats(fs))
     return total / len(feats_o)
 
 

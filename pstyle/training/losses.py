@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pstyle.models.encoder import pooled_stats
+from pstyle.models.layers import spatial_stats
 from pstyle.quality.swd import random_directions, sliced_distance
 
 
@@ -51,13 +52,14 @@ def layout_distance(out_feats: list[Tensor], content_feats: list[Tensor]) -> Ten
 
 def normalized(feat: Tensor) -> Tensor:
     """Zero mean and unit variance per channel and image: a feature map's layout without its style."""
-    mean = feat.mean(dim=(2, 3), keepdim=True)
-    return (feat - mean) / (feat.var(dim=(2, 3), keepdim=True, correction=0) + 1e-5).sqrt()
+    centered, _, var = spatial_stats(feat)
+    return centered / (var + 1e-5).sqrt()
 
 
 def feature_stats(feat: Tensor) -> tuple[Tensor, Tensor]:
     """(B,C,H,W) -> channel mean and standard deviation, (B,C) each."""
-    return feat.mean(dim=(2, 3)), (feat.var(dim=(2, 3), correction=0) + 1e-5).sqrt()
+    _, mean, var = spatial_stats(feat)
+    return mean.flatten(1), (var.flatten(1) + 1e-5).sqrt()
 
 
 def style_loss(out_feats: list[Tensor], style_stats: list[tuple[Tensor, Tensor]]) -> Tensor:
