@@ -174,6 +174,11 @@ def _routed(generator: torch.nn.Module, routes: dict[str, PerSample]) -> Iterato
             layers[name].route = None
 
 
+def selection_and_report(content: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """The content batch early stopping selects on, and the one before/after are reported on."""
+    return content[:batch_size], content[batch_size : 2 * batch_size]
+
+
 def _lr_factor(schedule: str, steps: int, step: int) -> float:
     """Learning-rate multiplier after `step` optimizer steps: cosine decay to 0 at `steps`, or 1."""
     return 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)) if schedule == "cosine" else 1.0
@@ -378,7 +383,7 @@ class GroupPersonalizer:
         reported gain is not the selection's own optimism.
         """
         cfg = self.cfg
-        select, report = content[: cfg.batch_size], content[cfg.batch_size : 2 * cfg.batch_size]
+        select, report = selection_and_report(content, cfg.batch_size)
         if len(report) == 0:
             raise ValueError(f"need at least {cfg.batch_size + 1} content images, got {len(content)}")
         self._prepare(styles, feedback)

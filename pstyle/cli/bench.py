@@ -80,14 +80,21 @@ def bench_generator_cmd(
 @click.option(
     "--grid", default=None, type=click.Path(path_type=Path), help="PNG: style | content, base, adapter"
 )
+@click.option(
+    "--oracle-steps",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="also the room under the SSIM cap: steps of per-image optimisation (0: skip)",
+)
 def bench_real_users_cmd(
-    out_dir: Path, model_dir: Path | None, size: int, steps: int | None, grid: Path | None
+    out_dir: Path, model_dir: Path | None, size: int, steps: int | None, grid: Path | None, oracle_steps: int
 ) -> None:
     """Adapters for 4 users whose styles are real images: held-out style distance and SSIM vs the base."""
     from pstyle.bench.real_users import bench_real_users, real_users_table
     from pstyle.training.bundled import resolve_model_dir
 
-    result = bench_real_users(resolve_model_dir(model_dir), size, steps, grid=grid)
+    result = bench_real_users(resolve_model_dir(model_dir), size, steps, grid=grid, oracle_steps=oracle_steps)
     show(result, real_users_table(result), out_dir)
 
 

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from pstyle.bench.real_users import SSIM_CAP, real_users_table, room_under_ssim_cap
+from pstyle.data.synth import scene_tensors
+from pstyle.quality.metrics import style_distance, style_gap
+
+
+def test_style_gap_is_style_distance_with_gradients():
+    torch.manual_seed(0)
+    outputs, styles = torch.rand(2, 3, 64, 64, requires_grad=True), torch.rand(3, 3, 64, 64)
+    gap = style_gap(outputs, styles)
+    assert torch.allclose(gap.detach(), style_distance(outputs, styles))
+    gap.sum().backward()
+    assert outputs.grad is not None and outputs.grad.abs().sum() > 0
+
+
+def test_room_under_ssim_cap_moves_toward_the_style_within_the_cap():
+    torch.manual_seed(0)
+    content = scene_tensors(2, 64, seed=0)
+    zero_shot = (0.8 * content + 0.1).clamp(0, 1)
+    style = torch.rand(2, 3, 64, 64)  # noise: far from the scenes' statistics, so there is room
+    room = room_under_ssim_cap(zero_shot, content, style, style, stride=4, steps=15)
+    assert room["change"] < -0.05
+    assert room["ssim_cost"] <= SSIM_CAP + 0.01
+    # the outputs themselves are not changed in place
+    assert torch.equal(zero_shot, (0.8 * content + 0.1).clamp(0, 1))
+
+
+def test_real_users_table_shows_the_rooms_only_when_measured():
+    row = {"user": "u", "style_base": 2.0, "style_adapter": 1.5, "style_change": -0.25, "style_bound": 1.0,
+           "ssim_base": 0.5, "ssim_adapter": 0.47, "best_step": 40}  # fmt: skip
+    plain = real_users_table({"rows": [row], "oracle_steps": 0})
+    assert "room" not in plain and "-25.0%" in plain and "-50%" in plain
+    rooms = {f"room_stride{s}": {"change": -0.4, "ssim_cost": 0.012} for s in (1, 4)}
+    table = real_users_table({"rows": [{**row, **rooms}], "oracle_steps": 300})
+    assert table.count("-40.0% at 0.012") == 2 and "room_stride4" in table
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_room_under_ssim_cap_with_no_steps_is_no_change(stride):
+    content, style = scene_tensors(1, 64, seed=1), scene_tensors(2, 64, seed=2)
+    room = room_under_ssim_cap(content, content, style, style, stride=stride, steps=0)
+    assert room["change"] == pytest.approx(0.0, abs=1e-3)
+    assert room["ssim_cost"] == pytest.approx(0.0, abs=1e-3)
