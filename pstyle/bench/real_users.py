@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import save_image
+from tqdm import tqdm
 
 from pstyle.adapters.personalize import Personalizer, selection_and_report
 from pstyle.bench.common import machine_description
@@ -40,26 +41,27 @@ SSIM_WALL = 1e4  # per unit of SSIM lost beyond 90 % of the cap, as the adapters
 
 def room_under_ssim_cap(
     zero_shot: Tensor, content: Tensor, train: Tensor, held: Tensor, stride: int, steps: int,
-    lr: float = 0.03,
+    lr: float = 0.03, progress: bool = False,
 ) -> dict[str, float]:  # fmt: skip
     """Held-out style distance change and SSIM cost when each zero-shot output is optimised on its own
     (Adam on its logits, changed per `stride` x `stride` block) toward the training images' feature
     statistics, paying `SSIM_WALL` per unit of content SSIM lost beyond 90 % of `SSIM_CAP`.
 
-    No renderer has to generalise here, so this is the most any per-image change could reach at the
-    target's SSIM cost: where it is far past the adapters, the cap is not what stops them.
+    No renderer has to generalise here, so this measures the room per-image changes have at the
+    target's SSIM cost (a local optimisation: a lower bound on it). Where it is far past the
+    adapters, the cap is not what stops them.
     """
     base_ssim = ssim(zero_shot, content)
     logits = torch.logit(zero_shot.clamp(1e-3, 1 - 1e-3))
     side = zero_shot.shape[-2] // stride, zero_shot.shape[-1] // stride
-    delta = torch.zeros(*zero_shot.shape[:2], *side, requires_grad=True)
+    delta = zero_shot.new_zeros(*zero_shot.shape[:2], *side, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
 
     def render() -> Tensor:
         up = F.interpolate(delta, size=zero_shot.shape[-2:], mode="bilinear", align_corners=False)
         return torch.sigmoid(logits + up)
 
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc=f"room per {stride}x{stride}", disable=not progress):
         out = render()
         overspend = F.relu(base_ssim - 0.9 * SSIM_CAP - ssim(out, content))
         loss = style_gap(out, train).mean() + SSIM_WALL * overspend.mean()
@@ -111,8 +113,9 @@ def bench_real_users(
             reported = personalizer.stylize(report, user, adapter=False, seed=cfg.seed).clamp(0, 1)
             for stride in ORACLE_STRIDES:
                 row[f"room_stride{stride}"] = room_under_ssim_cap(
-                    reported, report, personalizer.train[user], personalizer.held[user], stride, oracle_steps
-                )
+                    reported, report, personalizer.train[user], personalizer.held[user], stride,
+                    oracle_steps, progress=progress,
+                )  # fmt: skip
         rows.append(row)
     if grid is not None:
         save_image(torch.cat(cells), grid, nrow=1 + 3 * GRID_PHOTOS)
