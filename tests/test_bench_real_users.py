@@ -20,7 +20,8 @@ def test_room_under_ssim_cap_moves_toward_the_style_within_the_cap():
     content = scene_tensors(2, 64, seed=0)
     zero_shot = (0.8 * content + 0.1).clamp(0, 1)
     style = torch.rand(2, 3, 64, 64)  # noise: far from the scenes' statistics, so there is room
-    room = room_under_ssim_cap(zero_shot, content, style, style, stride=4, steps=15)
+    room, optimised = room_under_ssim_cap(zero_shot, content, style, style, stride=4, steps=15)
+    assert optimised.shape == zero_shot.shape and not torch.allclose(optimised, zero_shot, atol=1e-2)
     assert room["change"] < -0.05
     assert room["ssim_cost"] <= SSIM_CAP + 0.01
     # the outputs themselves are not changed in place
@@ -40,6 +41,7 @@ def test_real_users_table_shows_the_rooms_only_when_measured():
 @pytest.mark.parametrize("stride", [1, 4])
 def test_room_under_ssim_cap_with_no_steps_is_no_change(stride):
     content, style = scene_tensors(1, 64, seed=1), scene_tensors(2, 64, seed=2)
-    room = room_under_ssim_cap(content, content, style, style, stride=stride, steps=0)
+    room, optimised = room_under_ssim_cap(content, content, style, style, stride=stride, steps=0)
+    assert torch.allclose(optimised, content, atol=1e-3)
     assert room["change"] == pytest.approx(0.0, abs=1e-3)
     assert room["ssim_cost"] == pytest.approx(0.0, abs=1e-3)

@@ -42,8 +42,9 @@ SSIM_WALL = 1e4  # per unit of SSIM lost beyond 90 % of the cap, as the adapters
 def room_under_ssim_cap(
     zero_shot: Tensor, content: Tensor, train: Tensor, held: Tensor, stride: int, steps: int,
     lr: float = 0.03, progress: bool = False,
-) -> dict[str, float]:  # fmt: skip
-    """Held-out style distance change and SSIM cost when each zero-shot output is optimised on its own
+) -> tuple[dict[str, float], Tensor]:  # fmt: skip
+    """Held-out style distance change and SSIM cost, and the outputs, when each zero-shot output is
+    optimised on its own
     (Adam on its logits, changed per `stride` x `stride` block) toward the training images' feature
     statistics, paying `SSIM_WALL` per unit of content SSIM lost beyond 90 % of `SSIM_CAP`.
 
@@ -74,7 +75,7 @@ def room_under_ssim_cap(
         return {
             "change": style_distance(out, held).mean().item() / before - 1,
             "ssim_cost": (base_ssim - ssim(out, content)).mean().item(),
-        }
+        }, out
 
 
 def bench_real_users(
@@ -87,7 +88,7 @@ def bench_real_users(
     content = torch.cat([photo_crops(2 * cfg.batch_size, size), scene_tensors(2 * cfg.batch_size, size)])
     content = content[torch.randperm(len(content), generator=torch.Generator().manual_seed(0))]
     shown = photo_crops(GRID_PHOTOS, size, seed=1)  # other crops than the training batch's
-    rows, cells = [], []
+    rows, cells, room_cells = [], [], []
     for user, styles in real_style_users(size).items():
         start = time.perf_counter()
         personalizer = Personalizer(base, config, cfg, user)
@@ -111,14 +112,21 @@ def bench_real_users(
         if oracle_steps:
             report = selection_and_report(content, cfg.batch_size)[1]
             reported = personalizer.stylize(report, user, adapter=False, seed=cfg.seed).clamp(0, 1)
+            columns = [report, reported]
             for stride in ORACLE_STRIDES:
-                row[f"room_stride{stride}"] = room_under_ssim_cap(
+                row[f"room_stride{stride}"], optimised = room_under_ssim_cap(
                     reported, report, personalizer.train[user], personalizer.held[user], stride,
                     oracle_steps, progress=progress,
                 )  # fmt: skip
+                columns.append(optimised)
+            for i in range(GRID_PHOTOS):
+                room_cells += [personalizer.held[user][0], *(column[i] for column in columns)]
         rows.append(row)
     if grid is not None:
         save_image(torch.cat(cells), grid, nrow=1 + 3 * GRID_PHOTOS)
+        if room_cells:  # rows of: a held-out style image | content | zero-shot | each room's output
+            room_grid = grid.with_name(f"{grid.stem}-room{grid.suffix}")
+            save_image(torch.stack(room_cells), room_grid, nrow=3 + len(ORACLE_STRIDES))
     return {"benchmark": "real-users", "machine": machine_description(torch.device("cpu")), "size": size,
             "steps": cfg.steps, "oracle_steps": oracle_steps, "rows": rows}  # fmt: skip
 
