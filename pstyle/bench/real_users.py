@@ -36,17 +36,16 @@ from pstyle.training.checkpoint import load_checkpoint
 GRID_PHOTOS = 3  # content photos per user in the grid
 ORACLE_STRIDES = (1, 4)  # the room under the SSIM cap, changing each pixel or each 4x4 block
 SSIM_CAP = 0.05  # the personalization target's content cost
-SSIM_WALL = 1e4  # per unit of SSIM lost beyond 90 % of the cap, as the adapters' budget term
 
 
 def room_under_ssim_cap(
     zero_shot: Tensor, content: Tensor, train: Tensor, held: Tensor, stride: int, steps: int,
-    lr: float = 0.03, progress: bool = False,
+    lr: float = 0.03, penalty: float = PersonalizeConfig.ssim_penalty, progress: bool = False,
 ) -> tuple[dict[str, float], Tensor]:  # fmt: skip
     """Held-out style distance change and SSIM cost, and the outputs, when each zero-shot output is
-    optimised on its own
-    (Adam on its logits, changed per `stride` x `stride` block) toward the training images' feature
-    statistics, paying `SSIM_WALL` per unit of content SSIM lost beyond 90 % of `SSIM_CAP`.
+    optimised on its own (Adam on its logits, changed per `stride` x `stride` block) toward the
+    training images' feature statistics, paying `penalty` per unit of content SSIM lost beyond 90 %
+    of `SSIM_CAP` (the adapters' budget wall, `PersonalizeConfig.ssim_penalty`).
 
     No renderer has to generalise here, so this measures the room per-image changes have at the
     target's SSIM cost (a local optimisation: a lower bound on it). Where it is far past the
@@ -65,7 +64,7 @@ def room_under_ssim_cap(
     for _ in tqdm(range(steps), desc=f"room per {stride}x{stride}", disable=not progress):
         out = render()
         overspend = F.relu(base_ssim - 0.9 * SSIM_CAP - ssim(out, content))
-        loss = style_gap(out, train).mean() + SSIM_WALL * overspend.mean()
+        loss = style_gap(out, train).mean() + penalty * overspend.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -116,7 +115,7 @@ def bench_real_users(
             for stride in ORACLE_STRIDES:
                 row[f"room_stride{stride}"], optimised = room_under_ssim_cap(
                     reported, report, personalizer.train[user], personalizer.held[user], stride,
-                    oracle_steps, progress=progress,
+                    oracle_steps, penalty=cfg.ssim_penalty, progress=progress,
                 )  # fmt: skip
                 columns.append(optimised)
             for i in range(GRID_PHOTOS):
