@@ -1,9 +1,22 @@
 import pytest
 import torch
 
-from pstyle.bench.real_users import SSIM_CAP, real_users_table, room_under_ssim_cap
+from pstyle.bench.real_users import (
+    SSIM_CAP,
+    bench_real_users,
+    meets_target,
+    real_users_table,
+    room_under_ssim_cap,
+)
 from pstyle.data.synth import scene_tensors
 from pstyle.quality.metrics import style_distance, style_gap
+from pstyle.training.bundled import bundled_model_dir
+
+
+def _row(user: str, seed: int, change: float, ssim_cost: float) -> dict:
+    return {"user": user, "seed": seed, "style_base": 2.0, "style_adapter": 2.0 * (1 + change),
+            "style_change": change, "style_bound": 1.0, "ssim_base": 0.5, "ssim_adapter": 0.5 - ssim_cost,
+            "best_step": 100}  # fmt: skip
 
 
 def test_style_gap_is_style_distance_with_gradients():
@@ -29,8 +42,7 @@ def test_room_under_ssim_cap_moves_toward_the_style_within_the_cap():
 
 
 def test_real_users_table_shows_the_rooms_only_when_measured():
-    row = {"user": "u", "style_base": 2.0, "style_adapter": 1.5, "style_change": -0.25, "style_bound": 1.0,
-           "ssim_base": 0.5, "ssim_adapter": 0.47, "best_step": 40}  # fmt: skip
+    row = _row("u", 0, -0.25, 0.03)
     plain = real_users_table({"rows": [row], "oracle_steps": 0})
     assert "room" not in plain and "-25.0%" in plain and "-50%" in plain
     rooms = {f"room_stride{s}": {"change": -0.4, "ssim_cost": 0.012} for s in (1, 4)}
@@ -45,3 +57,35 @@ def test_room_under_ssim_cap_with_no_steps_is_no_change(stride):
     assert torch.allclose(optimised, content, atol=1e-3)
     assert room["change"] == pytest.approx(0.0, abs=1e-3)
     assert room["ssim_cost"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_meets_target_needs_both_the_style_change_and_the_ssim_cost():
+    assert meets_target(_row("u", 0, -0.21, 0.04))
+    assert not meets_target(_row("u", 0, -0.19, 0.01))  # too little style
+    assert not meets_target(_row("u", 0, -0.30, SSIM_CAP + 0.01))  # too much of the photo lost
+
+
+def test_real_users_table_counts_each_split_and_averages_users_over_splits():
+    rows = [
+        _row("a", 0, -0.25, 0.03),
+        _row("b", 0, -0.10, 0.02),
+        _row("a", 1, -0.15, 0.01),
+        _row("b", 1, 0.0, 0.0),
+    ]
+    table = real_users_table({"rows": rows, "oracle_steps": 0})
+    assert "split 0: 1 of 2 users meet the target (a)" in table
+    assert "split 1: 0 of 2 users meet the target (none)" in table
+    assert "a: mean over 2 splits -20.0% at SSIM cost 0.020" in table
+    assert "b: mean over 2 splits -5.0% at SSIM cost 0.010" in table
+    single = real_users_table({"rows": rows[:2], "oracle_steps": 0})
+    assert "mean over" not in single and "split 0: 1 of 2" in single
+
+
+def test_bench_real_users_repeats_over_held_out_splits():
+    result = bench_real_users(bundled_model_dir(), size=64, steps=1, progress=False, seeds=2)
+    rows = result["rows"]
+    assert result["seeds"] == 2 and len(rows) == 8 and {r["seed"] for r in rows} == {0, 1}
+    bounds = {(r["user"], r["seed"]): r["style_bound"] for r in rows}
+    # another seed holds out other style images: the bound (training vs held-out images) moves
+    assert any(bounds[(user, 0)] != bounds[(user, 1)] for user, _ in bounds)
+    assert "split 1:" in real_users_table(result)

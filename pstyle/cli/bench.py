@@ -87,14 +87,29 @@ def bench_generator_cmd(
     type=click.IntRange(min=0),
     help="also the room under the SSIM cap: steps of per-image optimisation (0: skip)",
 )
+@click.option(
+    "--seeds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="repeat over this many held-out splits (PersonalizeConfig.seed 0..N-1) and report the means",
+)
 def bench_real_users_cmd(
-    out_dir: Path, model_dir: Path | None, size: int, steps: int | None, grid: Path | None, oracle_steps: int
+    out_dir: Path,
+    model_dir: Path | None,
+    size: int,
+    steps: int | None,
+    grid: Path | None,
+    oracle_steps: int,
+    seeds: int,
 ) -> None:
     """Adapters for 4 users whose styles are real images: held-out style distance and SSIM vs the base."""
     from pstyle.bench.real_users import bench_real_users, real_users_table
     from pstyle.training.bundled import resolve_model_dir
 
-    result = bench_real_users(resolve_model_dir(model_dir), size, steps, grid=grid, oracle_steps=oracle_steps)
+    result = bench_real_users(
+        resolve_model_dir(model_dir), size, steps, grid=grid, oracle_steps=oracle_steps, seeds=seeds
+    )
     show(result, real_users_table(result), out_dir)
 
 
