@@ -160,7 +160,8 @@ def real_users_table(result: dict) -> str:
 
 
 def meets_target(row: dict) -> bool:
-    """The personalization target: held-out style distance down by STYLE_TARGET at most SSIM_CAP lost."""
+    """The personalization target: held-out style distance at least STYLE_TARGET lower than the
+    zero-shot code's, for at most SSIM_CAP of content SSIM."""
     return row["style_change"] <= -STYLE_TARGET and row["ssim_base"] - row["ssim_adapter"] <= SSIM_CAP
 
 
