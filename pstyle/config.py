@@ -559,6 +559,28 @@ class ExportConfig(ConfigFile):
             )
 
 
+@dataclass
+class SubjectTrainConfig(ConfigFile):
+    """How `pstyle train-subjects` trains the subject head on cutouts pasted onto backgrounds."""
+
+    cutouts: str = flag("/usr/share/tuxpaint/stamps", "folder of RGBA PNG object cutouts (recursive)")
+    backgrounds: str = flag(
+        "/usr/share/backgrounds,/usr/share/wallpapers", "comma-separated folders of background images"
+    )
+    steps: int = flag(1200, "optimizer steps (cosine-decayed learning rate)")
+    batch: int = flag(16, "composites per step")
+    size: int = flag(224, "side of each composite (px)")
+    lr: float = flag(2e-3, "AdamW learning rate of the decoder")
+    holdout: float = flag(0.15, "share of the cutouts kept out of training for the reported IoU")
+    seed: int = flag(0, "seeds the cutout split, the composites and the decoder's initialisation")
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch < 1 or self.size < 32 or self.lr <= 0:
+            raise ValueError("steps >= 1, batch >= 1, size >= 32 and lr > 0")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
+
+
 MAX_DEMO_USERS = 12  # the demo searches 2**demo_users experiment names for a fixed A/B split
 
 

@@ -19,6 +19,7 @@ from pstyle.cli.model import (
     export_cmd,
     stylize,
     train_base_cmd,
+    train_subjects_cmd,
 )
 from pstyle.cli.options import USER_ERRORS
 from pstyle.cli.registry import registry
@@ -31,8 +32,9 @@ def cli() -> None:
     """pstyle: personalized image style transfer."""
 
 
-for command in (data, stylize, train_base_cmd, eval_cmd, eval_subjects_cmd, bundle_cmd, export_cmd,
-                config_group, tune, personalize, registry, users, ab, loop, demo, bench):  # fmt: skip
+for command in (data, stylize, train_base_cmd, eval_cmd, eval_subjects_cmd, train_subjects_cmd,
+                bundle_cmd, export_cmd, config_group, tune, personalize, registry, users, ab, loop, demo,
+                bench):  # fmt: skip
     cli.add_command(command)
 
 

@@ -1,14 +1,14 @@
 """Finding the subject of a photograph, for `--mask subject` and `region=subject`.
 
-No segmentation data set can be downloaded here, but an ImageNet classifier already knows what
-the photo is of: its class activation map (Zhou et al. 2016) over the top classes says where that
-evidence lies, a coarse blob, blended with a centre prior. OpenCV's GrabCut (Rother et al. 2004)
-then refines the blob to the object's edges from colour statistics: confident regions of the prior
-seed the foreground, weak ones and the image border seed the background.
+`subject_mask`: the subject head (`subject_head.py`, a decoder on the frozen ImageNet network trained
+on object cutouts pasted onto backgrounds) gives each pixel a subject probability. Its cutouts hold
+few people, so people get their own prior: OpenCV's LBP frontal-face cascade (the XML file that
+scikit-image ships next to its sample data; a detector, not one of its images) finds faces, and each
+face proposes a head and, below it, a torso three faces wide. The mask is where either says so.
 
-ImageNet has no person class, so people get their own prior: OpenCV's LBP frontal-face cascade
-(the XML file that scikit-image ships next to its sample data; a detector, not one of its images)
-finds faces, and each face proposes a head and, below it, a torso three faces wide.
+`cam_grabcut_mask`, the method before the head, stays as the baseline `pstyle eval-subjects` scores
+it against: the classifier's class activation map (Zhou et al. 2016) over the top classes, blended
+with a centre prior and the person prior, refined by OpenCV's GrabCut (Rother et al. 2004).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from skimage.feature import Cascade
 from torch import Tensor
 
 from pstyle.models.backbone import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0
+from pstyle.models.subject_head import subject_probability
 
 CAM_SIDE = 320  # the classifier sees the photo at this shorter side
 TOP_CLASSES = 5  # CAMs of the most likely classes, weighted by their probabilities
@@ -104,8 +105,7 @@ def subject_prior(images: Tensor) -> Tensor:
     )
     center = torch.exp(-(xx**2 + yy**2) / (2 * CENTER_SIGMA**2))[None, None]
     blob = _unit_range((1 - CENTER_WEIGHT) * class_activation(images) + CENTER_WEIGHT * center)
-    people = torch.stack([person_prior(image) for image in images]).to(blob.device)
-    return torch.maximum(blob, people)
+    return torch.maximum(blob, _people(images))
 
 
 def _uint8_rgb(image: Tensor) -> np.ndarray:
@@ -156,9 +156,20 @@ def refine_with_grabcut(image: Tensor, prior: Tensor, seed: int = 0) -> Tensor:
     return (mask >= 0.5).to(image.dtype)
 
 
+def _people(images: Tensor) -> Tensor:
+    return torch.stack([person_prior(image) for image in images]).to(images.device)
+
+
 @torch.no_grad()
-def subject_mask(images: Tensor, seed: int = 0) -> Tensor:
-    """(B,3,H,W) in [0,1] -> (B,1,H,W) binary masks of each photo's subject (`seed`: GrabCut's)."""
+def subject_mask(images: Tensor) -> Tensor:
+    """(B,3,H,W) in [0,1] -> (B,1,H,W) binary masks of each photo's subject: where the subject head's
+    probability or the person prior reaches 0.5. Deterministic: no random restarts to be lucky with."""
+    return (torch.maximum(subject_probability(images), _people(images)) >= 0.5).to(images.dtype)
+
+
+@torch.no_grad()
+def cam_grabcut_mask(images: Tensor, seed: int = 0) -> Tensor:
+    """(B,3,H,W) in [0,1] -> (B,1,H,W): the baseline's masks (`seed`: GrabCut's)."""
     prior = subject_prior(images).cpu()
     masks = [refine_with_grabcut(img.cpu(), p, seed) for img, p in zip(images, prior, strict=True)]
     return torch.stack(masks).to(images.device, images.dtype)

@@ -29,8 +29,8 @@ def region_masks(
     """(B, 1, H, W) masks for a batch of `content` (B, 3, H, W), one region per image; None when every
     region is "all". A "mask" region takes its (1, h, w) user mask, resized to the content (nearest).
 
-    The subject (`find_subject`, by default the pretrained network's activation map refined by
-    GrabCut) is computed once for the batch, and only when a region needs it.
+    The subject (`find_subject`, by default the subject head on the pretrained network plus the face
+    prior, `models/subjects.py`) is computed once for the batch, and only when a region needs it.
     """
     if all(check_region(r) == "all" for r in regions):
         return None

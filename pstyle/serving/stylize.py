@@ -31,8 +31,8 @@ def region_mask(
 ) -> Tensor | None:
     """`--mask`: None (whole image), "subject" or "background" of the photo, or a mask image's path.
 
-    The subject comes from `pstyle.serving.regions` (the pretrained classifier's activation map
-    refined by GrabCut); with `segmenter_weights` it comes from those U-Net weights instead.
+    The subject comes from `pstyle.serving.regions` (the subject head on the pretrained network plus
+    the face prior); with `segmenter_weights` it comes from those U-Net weights instead.
     """
     if mask is None:
         return None

@@ -2,53 +2,27 @@
 with no training and no download.
 
 `pstyle/weights/base/` is an ordinary checkpoint folder (model.safetensors + meta.json); its files'
-sha256 are pinned in `pstyle/weights/SHA256SUMS` and checked before every load, so a truncated or
-replaced file is refused with a one-line error naming it. `pstyle bundle CKPT` installs a newly
-trained checkpoint there (the recipe is `pstyle/weights/base.yaml`).
+sha256 are pinned (`pstyle/pinned.py`) and checked before every load. `pstyle bundle CKPT` installs a
+newly trained checkpoint there (the recipe is `pstyle/weights/base.yaml`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 from pstyle.config import PStyleConfig
-from pstyle.training.checkpoint import META_FILE, MODEL_FILE, CheckpointError, read_meta
+from pstyle.pinned import CHECKSUMS, WEIGHTS_DIR, pin, verified
+from pstyle.training.checkpoint import META_FILE, MODEL_FILE, read_meta
 
-WEIGHTS_DIR = Path(__file__).parents[1] / "weights"
 BUNDLED_DIR = WEIGHTS_DIR / "base"
-CHECKSUMS = WEIGHTS_DIR / "SHA256SUMS"
 FILES = (MODEL_FILE, META_FILE)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _pinned() -> dict[str, str]:
-    if not CHECKSUMS.is_file():
-        raise CheckpointError(f"{CHECKSUMS}: missing; reinstall pstyle or pass --model")
-    pinned = {}
-    for line in CHECKSUMS.read_text().splitlines():
-        digest, _, name = line.partition("  ")
-        pinned[name.strip()] = digest.strip()
-    return pinned
 
 
 def bundled_model_dir() -> Path:
     """The bundled checkpoint folder, after checking every file against its pinned sha256."""
-    pinned = _pinned()
     for name in FILES:
-        path = BUNDLED_DIR / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: the bundled base model file is missing; reinstall pstyle")
-        if name not in pinned or _sha256(path) != pinned[name]:
-            raise CheckpointError(f"{path}: sha256 does not match the pinned one (corrupt or replaced)")
+        verified(BUNDLED_DIR / name, "bundled base model", CHECKSUMS)
     return BUNDLED_DIR
 
 
@@ -64,7 +38,7 @@ def bundle(checkpoint_dir: Path) -> Path:
     BUNDLED_DIR.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         shutil.copyfile(checkpoint_dir / name, BUNDLED_DIR / name)
-    CHECKSUMS.write_text("".join(f"{_sha256(BUNDLED_DIR / n)}  {n}\n" for n in FILES))
+    pin([BUNDLED_DIR / n for n in FILES], CHECKSUMS)
     return BUNDLED_DIR
 
 
