@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 from fixtures.cli import pstyle_ok
+from PIL import Image
 
 from pstyle.data import eval_photos, photos
 from pstyle.data.augment import augment
-from pstyle.evaluation.subjects import labelled_photos, subject_iou
+from pstyle.evaluation.subjects import labelled_photos, mask_grid, subject_iou
 from pstyle.images import load_image, save_image
 from pstyle.models.subjects import cam_grabcut_mask, person_prior, subject_mask
 
@@ -86,6 +87,17 @@ def test_subject_masks_on_the_dev_photos():
     assert scores["mean"] >= 0.75, scores
     assert scores["flower"] >= 0.85 and scores["china"] >= 0.6, scores  # the subject head's own finds
     assert min(scores["grace_hopper"], scores["portrait"]) >= 0.7, scores  # the people, with the face prior
+
+
+def test_mask_grid_shows_every_labelled_photo_with_its_mask(tmp_path):
+    everything = tmp_path / "all.png"
+    mask_grid(lambda photo: torch.ones_like(photo[:, :1]), "dev", everything, height=40)
+    grid = np.asarray(Image.open(everything).convert("RGB"), np.float32) / 255
+    assert grid.shape == (40 + 8, 4 * (60 + 4) + 4, 3)  # 4 photos in a row, 1.5 x as wide as high
+    nothing = tmp_path / "none.png"
+    mask_grid(lambda photo: torch.zeros_like(photo[:, :1]), "dev", nothing, height=40)
+    dimmed = np.asarray(Image.open(nothing).convert("RGB"), np.float32) / 255
+    assert dimmed[4:-4, 4:60].mean() < 0.5 * grid[4:-4, 4:60].mean()  # outside the mask is dimmed
 
 
 def test_baseline_mask_is_the_same_whatever_opencv_drew_before():

@@ -28,13 +28,17 @@ from pstyle.config import ExportConfig, SubjectTrainConfig, TrainJob
     "--grabcut-seeds", type=click.IntRange(min=1), default=1, show_default=True,
     help="baseline: also score GrabCut seeds 1..N-1 and report their mean: one seed's figure can be luck",
 )  # fmt: skip
+@click.option(
+    "--grid", type=click.Path(dir_okay=False, path_type=Path),
+    help="also write a PNG of the subject head's masks over the photos, with the labels' outlines",
+)  # fmt: skip
 @MODEL_OPTION
-def eval_subjects_cmd(split: str, grabcut_seeds: int, model_dir: Path | None) -> None:
+def eval_subjects_cmd(split: str, grabcut_seeds: int, grid: Path | None, model_dir: Path | None) -> None:
     """IoU of --mask subject against hand-labelled photos: the subject head + face prior, against the
     CAM + face prior + GrabCut baseline and the base's U-Net."""
     from functools import partial
 
-    from pstyle.evaluation.subjects import subject_iou
+    from pstyle.evaluation.subjects import mask_grid, subject_iou
     from pstyle.models.subjects import cam_grabcut_mask, subject_mask
     from pstyle.training.bundled import resolve_model_dir
     from pstyle.training.checkpoint import load_checkpoint
@@ -62,6 +66,9 @@ def eval_subjects_cmd(split: str, grabcut_seeds: int, model_dir: Path | None) ->
     click.echo(f"{'photo':<14}" + "".join(f"{m:>16}" for m in results))
     for name in names:
         click.echo(f"{name:<14}" + "".join(f"{results[m][name]:>16.3f}" for m in results))
+    if grid is not None:
+        mask_grid(subject_mask, split, grid)
+        click.echo(f"grid in {grid}")
 
 
 @click.command("train-subjects")

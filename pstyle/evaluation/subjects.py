@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
+from torchvision.utils import save_image
 
 from pstyle.data.eval_photos import content_paths
 from pstyle.data.photos import load_real_image, photo_paths
@@ -48,3 +50,19 @@ def subject_iou(masker: Masker, split: str = "eval") -> dict[str, float]:
         scores[name] = ((predicted & truth).sum() / (predicted | truth).sum()).item()
     scores["mean"] = sum(scores.values()) / len(scores)
     return scores
+
+
+@torch.no_grad()
+def mask_grid(masker: Masker, split: str, path: Path, height: int = 200) -> None:
+    """A PNG of every labelled photo: `masker`'s subject at full brightness, the rest dimmed, and the
+    hand-drawn outline in yellow, so a person can see what each IoU stands for."""
+    tiles, yellow = [], torch.tensor([1.0, 0.9, 0.0]).view(3, 1, 1)
+    for photo, truth in labelled_photos(split).values():
+        mask = masker(photo[None])[0]
+        label = truth[None, None].float()
+        outline = (F.max_pool2d(label, 9, 1, 4) - label)[0].bool()  # a band just outside the label
+        shown = torch.where(outline, yellow, photo * (0.25 + 0.75 * mask))
+        width = round(height * photo.shape[2] / photo.shape[1])
+        shown = F.interpolate(shown[None], size=(height, width), mode="area")[0]
+        tiles.append(F.pad(shown, (0, max(0, 3 * height // 2 - width)), value=1.0)[..., : 3 * height // 2])
+    save_image(torch.stack(tiles), path, nrow=4, padding=4, pad_value=1.0)
