@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pstyle.bench.real_users import (
     SSIM_CAP,
@@ -8,6 +10,7 @@ from pstyle.bench.real_users import (
     real_users_table,
     room_under_ssim_cap,
 )
+from pstyle.data.photos import real_style_users, wallpaper_style_users
 from pstyle.data.synth import scene_tensors
 from pstyle.quality.metrics import style_distance, style_gap
 from pstyle.training.bundled import bundled_model_dir
@@ -82,10 +85,29 @@ def test_real_users_table_counts_each_split_and_averages_users_over_splits():
 
 
 def test_bench_real_users_repeats_over_held_out_splits():
-    result = bench_real_users(bundled_model_dir(), size=64, steps=1, progress=False, seeds=2)
+    result = bench_real_users(
+        bundled_model_dir(), real_style_users(64), size=64, steps=1, progress=False, seeds=2
+    )
     rows = result["rows"]
     assert result["seeds"] == 2 and len(rows) == 8 and {r["seed"] for r in rows} == {0, 1}
     bounds = {(r["user"], r["seed"]): r["style_bound"] for r in rows}
     # another seed holds out other style images: the bound (training vs held-out images) moves
     assert any(bounds[(user, 0)] != bounds[(user, 1)] for user, _ in bounds)
     assert "split 1:" in real_users_table(result)
+
+
+def test_wallpaper_users_are_a_seeded_draw_of_the_installed_wallpapers(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c", "d"):
+        Image.fromarray(rng.integers(0, 256, (160, 200, 3), np.uint8)).save(tmp_path / f"{name}.png")
+    sizes = tmp_path / "e" / "contents" / "images"  # one KDE wallpaper, in two sizes: one user
+    sizes.mkdir(parents=True)
+    for side in (64, 300):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), np.uint8)).save(sizes / f"{side}.png")
+    draws = [wallpaper_style_users(3, size=32, count=4, seed=seed, folders=(tmp_path,)) for seed in range(4)]
+    assert all(len(users) == 3 and {u.shape for u in users.values()} == {(4, 3, 32, 32)} for users in draws)
+    assert set().union(*draws) <= set("abcde") and len({tuple(users) for users in draws}) > 1
+    again = wallpaper_style_users(3, size=32, count=4, seed=0, folders=(tmp_path,))
+    assert list(again) == list(draws[0]) and all(torch.equal(again[n], draws[0][n]) for n in again)
+    with pytest.raises(ValueError, match="6 wallpaper users asked for, 5 wallpapers installed"):
+        wallpaper_style_users(6, folders=(tmp_path,))

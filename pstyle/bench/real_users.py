@@ -1,10 +1,11 @@
 """`pstyle bench real-users`: personalization for users whose style sets are real images.
 
-Four users (`pstyle.data.photos.real_style_users`: tiles of an illustration, a micrograph and two
-photographs), each trained alone with the default `PersonalizeConfig` on content that mixes shipped
-photo crops and procedural scenes. Reported per user: held-out feature-statistics style distance
-and content SSIM of the base's zero-shot code vs the rank-8 adapter, on a content batch that early
-stopping never saw; and the room there was, the held-out distance an output would score if it
+Users whose style sets are real images (`pstyle.data.photos`: by default `real_style_users`, tiles
+of an illustration, a micrograph and two photographs; or `wallpaper_style_users`, tiles of Debian
+wallpapers drawn at random), each trained alone with the default `PersonalizeConfig` on content
+that mixes shipped photo crops and procedural scenes. Reported per user: held-out feature-statistics
+style distance and content SSIM of the base's zero-shot code vs the rank-8 adapter, on a content
+batch that early stopping never saw; and the room there was, the held-out distance an output would score if it
 rendered the user's training images' statistics exactly (`style_set_distance`). `grid` writes what
 those numbers describe: per user, a held-out style image, then fresh photo crops as content | base |
 adapter.
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from pstyle.adapters.personalize import Personalizer, selection_and_report
 from pstyle.bench.common import machine_description
 from pstyle.config import PersonalizeConfig, PStyleConfig
-from pstyle.data.photos import photo_crops, real_style_users
+from pstyle.data.photos import photo_crops
 from pstyle.data.synth import scene_tensors
 from pstyle.quality.metrics import ssim, style_distance, style_gap, style_set_distance
 from pstyle.training.checkpoint import load_checkpoint
@@ -85,8 +86,8 @@ def room_under_ssim_cap(
 
 
 def bench_real_users(
-    model_dir: Path, size: int = 128, steps: int | None = None, progress: bool = True,
-    grid: Path | None = None, oracle_steps: int = 0, seeds: int = 1,
+    model_dir: Path, users: dict[str, Tensor], size: int = 128, steps: int | None = None,
+    progress: bool = True, grid: Path | None = None, oracle_steps: int = 0, seeds: int = 1,
 ) -> dict:  # fmt: skip
     base, meta = load_checkpoint(model_dir)
     config = PStyleConfig.from_dict(meta["config"])
@@ -98,7 +99,7 @@ def bench_real_users(
     content = content[torch.randperm(len(content), generator=torch.Generator().manual_seed(0))]
     shown = photo_crops(GRID_PHOTOS, size, seed=1)  # other crops than the training batch's
     rows, cells, room_cells = [], [], []
-    for seed, (user, styles) in itertools.product(range(seeds), real_style_users(size).items()):
+    for seed, (user, styles) in itertools.product(range(seeds), users.items()):
         cfg = replace(defaults, seed=seed, steps=steps)
         start = time.perf_counter()
         personalizer = Personalizer(base, config, cfg, user)

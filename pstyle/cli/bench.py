@@ -94,6 +94,13 @@ def bench_generator_cmd(
     type=click.IntRange(min=1),
     help="repeat over this many held-out splits (PersonalizeConfig.seed 0..N-1) and report the means",
 )
+@click.option(
+    "--wallpapers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="instead of the 4 package images: N users drawn at random from Debian's installed wallpapers",
+)
 def bench_real_users_cmd(
     out_dir: Path,
     model_dir: Path | None,
@@ -102,13 +109,16 @@ def bench_real_users_cmd(
     grid: Path | None,
     oracle_steps: int,
     seeds: int,
+    wallpapers: int,
 ) -> None:
-    """Adapters for 4 users whose styles are real images: held-out style distance and SSIM vs the base."""
+    """Adapters for users whose styles are real images: held-out style distance and SSIM vs the base."""
     from pstyle.bench.real_users import bench_real_users, real_users_table
+    from pstyle.data.photos import real_style_users, wallpaper_style_users
     from pstyle.training.bundled import resolve_model_dir
 
+    users = wallpaper_style_users(wallpapers, size) if wallpapers else real_style_users(size)
     result = bench_real_users(
-        resolve_model_dir(model_dir), size, steps, grid=grid, oracle_steps=oracle_steps, seeds=seeds
+        resolve_model_dir(model_dir), users, size, steps, grid=grid, oracle_steps=oracle_steps, seeds=seeds
     )
     show(result, real_users_table(result), out_dir)
 

@@ -79,25 +79,32 @@ def _wallpaper_name(path: Path) -> str:
     return path.stem.removesuffix("-l").removesuffix("-d")
 
 
-def load_backgrounds(folders: list[Path]) -> list[Image.Image]:
-    """One RGB image per wallpaper under `folders` (its largest file), skipping SUBJECT_WALLPAPERS."""
+def wallpaper_files(folders: list[Path]) -> dict[str, Path]:
+    """Wallpaper name -> its largest image file under `folders`, sorted by name."""
     largest: dict[str, Path] = {}
     for folder in folders:
         for path in _images_under(folder):
             name = _wallpaper_name(path)
-            if name in SUBJECT_WALLPAPERS:
-                continue
             if name not in largest or path.stat().st_size > largest[name].stat().st_size:
                 largest[name] = path
     if not largest:
         raise ValueError(f"no background images under {', '.join(str(f) for f in folders)}")
-    backgrounds = []
-    for _, path in sorted(largest.items()):
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-        rgb.thumbnail((BACKGROUND_SIDE, BACKGROUND_SIDE))
-        backgrounds.append(rgb)
-    return backgrounds
+    return dict(sorted(largest.items()))
+
+
+def load_wallpaper(path: Path, side: int = BACKGROUND_SIDE) -> Image.Image:
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    rgb.thumbnail((side, side))
+    return rgb
+
+
+def load_backgrounds(folders: list[Path]) -> list[Image.Image]:
+    """One RGB image per wallpaper under `folders` (its largest file), skipping SUBJECT_WALLPAPERS."""
+    files = [path for name, path in wallpaper_files(folders).items() if name not in SUBJECT_WALLPAPERS]
+    if not files:
+        raise ValueError(f"only wallpapers with a subject under {', '.join(str(f) for f in folders)}")
+    return [load_wallpaper(path) for path in files]
 
 
 @dataclass

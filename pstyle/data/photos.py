@@ -10,12 +10,14 @@ for independent evaluation (`eval_photos.py`) and must never be trained or tuned
 from __future__ import annotations
 
 import importlib.util
+import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from pstyle.data.cutouts import DEFAULT_BACKGROUNDS, load_wallpaper, wallpaper_files
 from pstyle.images import open_image, resize_shorter_side, to_tensor
 
 # name -> (package, file inside it); .npz files hold one uint8 array under "data"
@@ -86,6 +88,24 @@ def real_style_users(size: int = 128, count: int = 8) -> dict[str, torch.Tensor]
     names = ("crowd_illustration", "nuclei_micrograph", "china", "flower")
     images = load_training_images(include_styles=True)
     return {name: tiles(images[name], size, count) for name in names}
+
+
+def wallpaper_style_users(
+    n_users: int,
+    size: int = 128,
+    count: int = 8,
+    seed: int = 0,
+    folders: tuple[Path, ...] = DEFAULT_BACKGROUNDS,
+) -> dict[str, torch.Tensor]:
+    """`n_users` users whose style sets are tiles of one Debian desktop wallpaper each (paintings,
+    illustrations, photographs and abstract art), drawn at random by `seed` from every wallpaper
+    installed, so no one chose which styles an adapter is measured on."""
+    files = wallpaper_files(list(folders))
+    if n_users > len(files):
+        raise ValueError(f"{n_users} wallpaper users asked for, {len(files)} wallpapers installed")
+    names = random.Random(seed).sample(sorted(files), n_users)
+    return {name: tiles(to_tensor(resize_shorter_side(load_wallpaper(files[name]), 512)), size, count)
+            for name in names}  # fmt: skip
 
 
 def photo_crops(count: int, size: int, seed: int = 0) -> torch.Tensor:
