@@ -95,12 +95,9 @@ def bench_generator_cmd(
     help="repeat over this many held-out splits (PersonalizeConfig.seed 0..N-1) and report the means",
 )
 @click.option(
-    "--wallpapers",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
+    "--wallpapers", default=0, show_default=True, type=click.IntRange(min=0),
     help="instead of the 4 package images: N users drawn at random from Debian's installed wallpapers",
-)
+)  # fmt: skip
 def bench_real_users_cmd(
     out_dir: Path,
     model_dir: Path | None,

@@ -88,7 +88,7 @@ def wallpaper_files(folders: list[Path]) -> dict[str, Path]:
             if name not in largest or path.stat().st_size > largest[name].stat().st_size:
                 largest[name] = path
     if not largest:
-        raise ValueError(f"no background images under {', '.join(str(f) for f in folders)}")
+        raise ValueError(f"no images under {', '.join(str(f) for f in folders)}")
     return dict(sorted(largest.items()))
 
 
