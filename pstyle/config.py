@@ -559,14 +559,17 @@ class ExportConfig(ConfigFile):
             )
 
 
+TUXPAINT_STAMPS = "/usr/share/tuxpaint/stamps"  # Debian: tuxpaint-stamps-default
+# Debian: gnome-backgrounds, plasma-workspace-wallpapers, ukui-wallpapers
+WALLPAPER_DIRS = ("/usr/share/backgrounds", "/usr/share/wallpapers")
+
+
 @dataclass
 class SubjectTrainConfig(ConfigFile):
     """How `pstyle train-subjects` trains the subject head on cutouts pasted onto backgrounds."""
 
-    cutouts: str = flag("/usr/share/tuxpaint/stamps", "folder of RGBA PNG object cutouts (recursive)")
-    backgrounds: str = flag(
-        "/usr/share/backgrounds,/usr/share/wallpapers", "comma-separated folders of background images"
-    )
+    cutouts: str = flag(TUXPAINT_STAMPS, "folder of RGBA PNG object cutouts (recursive)")
+    backgrounds: str = flag(",".join(WALLPAPER_DIRS), "comma-separated folders of background images")
     steps: int = flag(1200, "optimizer steps (cosine-decayed learning rate)")
     batch: int = flag(16, "composites per step")
     size: int = flag(224, "side of each composite (px)")

@@ -104,10 +104,10 @@ def test_wallpaper_users_are_a_seeded_draw_of_the_installed_wallpapers(tmp_path)
     sizes.mkdir(parents=True)
     for side in (64, 300):
         Image.fromarray(rng.integers(0, 256, (side, side, 3), np.uint8)).save(sizes / f"{side}.png")
-    draws = [wallpaper_style_users(3, size=32, count=4, seed=seed, folders=(tmp_path,)) for seed in range(4)]
+    draws = [wallpaper_style_users(3, [tmp_path], size=32, count=4, seed=seed) for seed in range(4)]
     assert all(len(users) == 3 and {u.shape for u in users.values()} == {(4, 3, 32, 32)} for users in draws)
     assert set().union(*draws) <= set("abcde") and len({tuple(users) for users in draws}) > 1
-    again = wallpaper_style_users(3, size=32, count=4, seed=0, folders=(tmp_path,))
+    again = wallpaper_style_users(3, [tmp_path], size=32, count=4, seed=0)
     assert list(again) == list(draws[0]) and all(torch.equal(again[n], draws[0][n]) for n in again)
     with pytest.raises(ValueError, match="6 wallpaper users asked for, 5 wallpapers installed"):
-        wallpaper_style_users(6, folders=(tmp_path,))
+        wallpaper_style_users(6, [tmp_path])

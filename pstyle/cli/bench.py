@@ -110,10 +110,12 @@ def bench_real_users_cmd(
 ) -> None:
     """Adapters for users whose styles are real images: held-out style distance and SSIM vs the base."""
     from pstyle.bench.real_users import bench_real_users, real_users_table
+    from pstyle.config import WALLPAPER_DIRS
     from pstyle.data.photos import real_style_users, wallpaper_style_users
     from pstyle.training.bundled import resolve_model_dir
 
-    users = wallpaper_style_users(wallpapers, size) if wallpapers else real_style_users(size)
+    wallpaper_dirs = [Path(folder) for folder in WALLPAPER_DIRS]
+    users = wallpaper_style_users(wallpapers, wallpaper_dirs, size) if wallpapers else real_style_users(size)
     result = bench_real_users(
         resolve_model_dir(model_dir), users, size, steps, grid=grid, oracle_steps=oracle_steps, seeds=seeds
     )

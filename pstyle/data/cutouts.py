@@ -23,8 +23,6 @@ import torch
 from PIL import Image, ImageFilter
 from torch import Tensor
 
-DEFAULT_CUTOUTS = Path("/usr/share/tuxpaint/stamps")
-DEFAULT_BACKGROUNDS = (Path("/usr/share/backgrounds"), Path("/usr/share/wallpapers"))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MIN_COLOURS = 1000  # distinct colours (6 bits per channel) a cutout needs: photos, not flat clip art
 COVER_RANGE = (0.1, 0.95)  # share of its box a cutout's alpha covers: objects, not frames or specks

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pstyle.data.cutouts import DEFAULT_BACKGROUNDS, load_wallpaper, wallpaper_files
+from pstyle.data.cutouts import load_wallpaper, wallpaper_files
 from pstyle.images import open_image, resize_shorter_side, to_tensor
 
 # name -> (package, file inside it); .npz files hold one uint8 array under "data"
@@ -91,16 +91,12 @@ def real_style_users(size: int = 128, count: int = 8) -> dict[str, torch.Tensor]
 
 
 def wallpaper_style_users(
-    n_users: int,
-    size: int = 128,
-    count: int = 8,
-    seed: int = 0,
-    folders: tuple[Path, ...] = DEFAULT_BACKGROUNDS,
+    n_users: int, folders: list[Path], size: int = 128, count: int = 8, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """`n_users` users whose style sets are tiles of one Debian desktop wallpaper each (paintings,
+    """`n_users` users whose style sets are tiles of one desktop wallpaper each (Debian's: paintings,
     illustrations, photographs and abstract art), drawn at random by `seed` from every wallpaper
-    installed, so no one chose which styles an adapter is measured on."""
-    files = wallpaper_files(list(folders))
+    under `folders`, so no one chose which styles an adapter is measured on."""
+    files = wallpaper_files(folders)
     if n_users > len(files):
         raise ValueError(f"{n_users} wallpaper users asked for, {len(files)} wallpapers installed")
     names = random.Random(seed).sample(sorted(files), n_users)
