@@ -5,8 +5,8 @@ of an illustration, a micrograph and two photographs; or `wallpaper_style_users`
 wallpapers drawn at random), each trained alone with the default `PersonalizeConfig` on content
 that mixes shipped photo crops and procedural scenes. Reported per user: held-out feature-statistics
 style distance and content SSIM of the base's zero-shot code vs the rank-8 adapter, on a content
-batch that early stopping never saw; and the room there was, the held-out distance an output would score if it
-rendered the user's training images' statistics exactly (`style_set_distance`). `grid` writes what
+batch that early stopping never saw; and the room there was, the held-out distance an output would
+score if it rendered the user's training images' statistics exactly (`style_set_distance`). `grid` writes what
 those numbers describe: per user, a held-out style image, then fresh photo crops as content | base |
 adapter.
 

@@ -81,19 +81,13 @@ def bench_generator_cmd(
     "--grid", default=None, type=click.Path(path_type=Path), help="PNG: style | content, base, adapter"
 )
 @click.option(
-    "--oracle-steps",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
+    "--oracle-steps", default=0, show_default=True, type=click.IntRange(min=0),
     help="also the room under the SSIM cap: steps of per-image optimisation (0: skip)",
-)
+)  # fmt: skip
 @click.option(
-    "--seeds",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
+    "--seeds", default=1, show_default=True, type=click.IntRange(min=1),
     help="repeat over this many held-out splits (PersonalizeConfig.seed 0..N-1) and report the means",
-)
+)  # fmt: skip
 @click.option(
     "--wallpapers", default=0, show_default=True, type=click.IntRange(min=0),
     help="instead of the 4 package images: N users drawn at random from Debian's installed wallpapers",
