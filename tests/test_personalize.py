@@ -49,6 +49,31 @@ def test_personalization_keeps_content_within_the_ssim_budget(personalized):
     assert metrics["after"]["ssim"] >= metrics["before"]["ssim"] - 0.05, metrics
 
 
+def test_early_stopping_keeps_only_states_within_the_ssim_budget(small_config, monkeypatch):
+    """A held-out gain bought with more content SSIM on the selection batch than `ssim_budget` is
+    not kept: early stopping takes the best of the affordable states (held-out scores scripted)."""
+    from pstyle.models.style_model import StyleModel
+
+    cfg = PersonalizeConfig(steps=3, eval_every=1, batch_size=2, holdout=1)
+    personalizer = Personalizer(StyleModel(small_config.model), small_config, cfg, "u")
+    scripted = iter([
+        (5.0, 0.60),  # before: the zero-shot code on the report batch
+        (5.0, 0.60),  # the zero adapter on the selection batch
+        (4.0, 0.58),  # step 1: 0.02 SSIM spent, affordable
+        (2.0, 0.50),  # step 2: the lowest style distance, but 0.10 SSIM spent
+        (3.5, 0.57),  # step 3: affordable, and better than step 1
+        (3.5, 0.57),  # after: the kept state on the report batch
+    ])  # fmt: skip
+
+    def score(content, users, adapter):
+        style, ssim = next(scripted)
+        return {users[0]: {"style": style, "swd": 0.0, "ssim": ssim}}
+
+    monkeypatch.setattr(personalizer, "score", score)
+    metrics = personalizer.fit(torch.rand(4, 3, 32, 32), torch.rand(3, 3, 32, 32), progress=False)
+    assert metrics["best_step"] == 3, metrics
+
+
 def test_base_weights_bit_identical_after_fine_tuning(personalized):
     base, before_state, _, _, _ = personalized
     assert all(torch.equal(before_state[k], v) for k, v in base.state_dict().items())

@@ -21,7 +21,10 @@ The personalization loss for one user:
                                  structure (docs/benchmarks.md, "Personalization with real-image
                                  style sets"), and a personalized photo must still show the photo;
   early stopping                 on the user's held-out style images (feature-statistics style
-                                 distance), keeping the best state.
+                                 distance), keeping the best state among those whose content SSIM
+                                 on the selection batch is within `ssim_budget` of the zero-shot
+                                 output's: the budget is a per-image hinge on training batches, so
+                                 a state can still overspend on other photos.
 
 Several users can train together (`GroupPersonalizer`): one optimizer step advances every user of
 the group, with their samples in one batch, each through its own adapter.
@@ -68,7 +71,7 @@ from pstyle.training.checkpoint import fingerprint, load_checkpoint
 
 ForwardMode = Literal["mixed", "grouped"]
 SWD_MIN_RES = 16  # coarsest pyramid level, as `metrics.swd`
-SELECT_ON = "style"  # early stopping keeps the state with the lowest held-out style distance
+SELECT_ON = "style"  # early stopping keeps the affordable state with the lowest held-out style distance
 
 
 @dataclass
@@ -428,7 +431,8 @@ class GroupPersonalizer:
                 continue
             current = self.score(select, active, adapter=True)
             for u in list(active):
-                if current[u][SELECT_ON] < best[u][SELECT_ON]:
+                affordable = initial[u]["ssim"] - current[u]["ssim"] <= cfg.ssim_budget
+                if affordable and current[u][SELECT_ON] < best[u][SELECT_ON]:
                     best[u], stale[u] = {"step": step, SELECT_ON: current[u][SELECT_ON]}, 0
                     best_state[u] = _clone(adapter_state_dict(self.generator, u))
                 else:
